@@ -33,7 +33,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -377,11 +376,4 @@ func (b *broadcast) notify() {
 	close(b.ch)
 	b.ch = make(chan struct{})
 	b.mu.Unlock()
-}
-
-// closeQuietly closes c, logging a failure.
-func closeQuietly(log *slog.Logger, what string, c io.Closer) {
-	if err := c.Close(); err != nil {
-		log.Warn("close failed", "what", what, "err", err)
-	}
 }

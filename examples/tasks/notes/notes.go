@@ -73,10 +73,7 @@ func (Environment) Open(_ context.Context, task compatool.TaskContent) (*compato
 	if err := json.Unmarshal(task.Config, &cfg); err != nil {
 		return nil, fmt.Errorf("notes: bad task config: %w", err)
 	}
-	b := &notebook{}
-	for _, n := range cfg.Seed {
-		b.notes = append(b.notes, n)
-	}
+	b := &notebook{notes: slices.Clone(cfg.Seed)}
 	return &compatool.Session{
 		Server: b.server(),
 		Grade: func(context.Context, []storage.ToolCall) (compatool.Grade, error) {
