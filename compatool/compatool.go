@@ -227,9 +227,14 @@ func (h *Harness) recover(ctx context.Context) error {
 }
 
 func (h *Harness) eachRun(ctx context.Context, st storage.RunState, f func(storage.Run) error) error {
+	return eachPage(func(p storage.Page) ([]storage.Run, error) { return h.opts.Metadata.RunsInState(ctx, st, p) }, f)
+}
+
+// eachPage calls f on every run of a paged listing.
+func eachPage(list func(storage.Page) ([]storage.Run, error), f func(storage.Run) error) error {
 	p := storage.Page{Limit: storage.MaxPageLimit}
 	for {
-		runs, err := h.opts.Metadata.RunsInState(ctx, st, p)
+		runs, err := list(p)
 		if err != nil {
 			return err
 		}

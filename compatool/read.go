@@ -168,22 +168,7 @@ func (h *Harness) Erase(ctx context.Context, s auth.Scope, id storage.Submission
 }
 
 func (h *Harness) eachRunOf(ctx context.Context, s auth.Scope, id storage.SubmissionID, f func(storage.Run) error) error {
-	p := storage.Page{Limit: storage.MaxPageLimit}
-	for {
-		runs, err := h.opts.Metadata.ListRuns(ctx, s, id, p)
-		if err != nil {
-			return err
-		}
-		for _, r := range runs {
-			if err := f(r); err != nil {
-				return err
-			}
-		}
-		if len(runs) < p.N() {
-			return nil
-		}
-		p.After = string(runs[len(runs)-1].ID)
-	}
+	return eachPage(func(p storage.Page) ([]storage.Run, error) { return h.opts.Metadata.ListRuns(ctx, s, id, p) }, f)
 }
 
 // Wait blocks until every run of a submission is terminal, then returns

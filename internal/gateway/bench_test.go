@@ -105,6 +105,30 @@ func report(b *testing.B, cpu0 time.Duration) {
 	}
 }
 
+// BenchmarkRatio alternates direct and gateway calls, so that both see the
+// same load on the machine, and reports the ratio of their mean latencies.
+func BenchmarkRatio(b *testing.B) {
+	endpoint, token := benchEndpoint(b, false)
+	direct := benchSessions(b, endpoint, token, 1)[0]
+	endpoint, token = benchEndpoint(b, true)
+	gw := benchSessions(b, endpoint, token, 1)[0]
+	var td, tg time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if !benchCall(b, direct) {
+			return
+		}
+		t1 := time.Now()
+		if !benchCall(b, gw) {
+			return
+		}
+		td, tg = td+t1.Sub(t0), tg+time.Since(t1)
+	}
+	b.ReportMetric(float64(td.Microseconds())/float64(b.N), "direct-µs/call")
+	b.ReportMetric(float64(tg.Microseconds())/float64(b.N), "gateway-µs/call")
+	b.ReportMetric(float64(tg)/float64(td), "gateway/direct")
+}
+
 func BenchmarkDirect(b *testing.B)          { benchSerial(b, false) }
 func BenchmarkGateway(b *testing.B)         { benchSerial(b, true) }
 func BenchmarkDirectParallel(b *testing.B)  { benchParallel(b, false) }

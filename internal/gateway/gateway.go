@@ -114,10 +114,11 @@ func NewHost(opts *Options) *Host {
 
 // Backend is the task's tool server for one run. Exactly one field is set.
 type Backend struct {
-	// Server is the task's in-process tool server. It should be made for this
-	// run alone: its state is what the grader sees. Open adds a receiving
-	// middleware to it that records the calls of this run's agent and passes
-	// every other session's requests through untouched.
+	// Server is the task's in-process tool server, served directly. Make a
+	// fresh one for each run: its state is what the grader sees, and each
+	// Open adds to it a receiving middleware (which the SDK cannot remove)
+	// that records the calls of this run's agent. Requests of any other
+	// session, such as the host's own, pass through it untouched.
 	Server *mcp.Server
 	// Upstream is a tool server reached over Streamable HTTP. The gateway
 	// connects at Open, lists its tools and forwards calls to them.
@@ -131,7 +132,7 @@ type Backend struct {
 //
 // For an [Upstream] backend Open connects to the tool server and lists its
 // tools before returning, within ctx. runID must satisfy
-// [storage.ValidID].
+// [storage.ValidID]. When Open fails nothing of the run is left.
 func (h *Host) Open(ctx context.Context, runID string, b Backend) (*Run, string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, "", fmt.Errorf("gateway: open run %q: %w", runID, err)
@@ -158,7 +159,7 @@ func (h *Host) Open(ctx context.Context, runID string, b Backend) (*Run, string,
 		up, front, err := dialUpstream(ctx, h.log.With("run", runID), b.Upstream)
 		if err != nil {
 			r.cancel()
-			return nil, "", fmt.Errorf("gateway: open run %q: %w", runID, err)
+			return nil, "", fmt.Errorf("%w (run %q)", err, runID)
 		}
 		r.upstream, server = up, front
 	}
