@@ -10,7 +10,7 @@ import (
 
 // Matcher finds every occurrence of a fixed set of patterns in one pass. It
 // is compiled once per [Sensitive] by [Compile] and is safe for concurrent
-// use.
+// use. The zero Matcher matches nothing.
 //
 // It is a Wu-Manber matcher: a window as long as the shortest pattern slides
 // over the text, and a table indexed by a hash of the window's last three

@@ -86,7 +86,8 @@ type Redactor interface {
 	String(text string, s Sensitive) string
 }
 
-// Default is the package's redactor. It compiles one [Matcher] per call.
+// Default is the package's redactor. It compiles one [Matcher] per call; to
+// redact many texts for the same run, [Compile] once and use the Matcher.
 var Default Redactor = redactor{}
 
 type redactor struct{}
