@@ -18,9 +18,14 @@ import (
 	"github.com/compatool/compatool/storage"
 )
 
-// finishTimeout bounds the writes that record a run's end, which run even
-// when the run was cancelled.
-const finishTimeout = 30 * time.Second
+const (
+	// finishTimeout bounds the writes that record a run's end, which run
+	// even when the run was cancelled, and the sandbox's destruction.
+	finishTimeout = 30 * time.Second
+	// waitGrace is how long past the run's deadline the harness waits for
+	// the sandbox driver to report the kill.
+	waitGrace = 30 * time.Second
+)
 
 func (h *Harness) work(base context.Context) {
 	defer h.workers.Done()
@@ -35,8 +40,26 @@ func (h *Harness) work(base context.Context) {
 
 // process takes one queued run through its whole lifecycle.
 func (h *Harness) process(base context.Context, it queued) {
+	ctx, cancel := context.WithCancelCause(base)
+	defer cancel(nil)
+	// Claim the run. A run can be queued twice (submitted before Start, then
+	// found queued by recovery) but is executed once.
+	h.mu.Lock()
+	if _, busy := h.running[it.run]; busy {
+		h.mu.Unlock()
+		return
+	}
+	h.running[it.run] = cancel
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.running, it.run)
+		h.mu.Unlock()
+		h.changed.notify()
+	}()
+
 	scope := auth.InternalScope(it.org)
-	run, err := h.opts.Metadata.GetRun(base, scope, it.run)
+	run, err := h.opts.Metadata.GetRun(ctx, scope, it.run)
 	if err != nil {
 		if !errors.Is(err, storage.ErrNotFound) { // not found: erased while queued
 			h.log.Error("load queued run", "run", it.run, "err", err)
@@ -44,20 +67,8 @@ func (h *Harness) process(base context.Context, it queued) {
 		return
 	}
 	if run.State != storage.RunQueued {
-		return // cancelled while queued
+		return // cancelled while queued, or already executed
 	}
-	ctx, cancel := context.WithCancelCause(base)
-	defer cancel(nil)
-	h.mu.Lock()
-	h.running[run.ID] = cancel
-	h.mu.Unlock()
-	defer func() {
-		h.mu.Lock()
-		delete(h.running, run.ID)
-		h.mu.Unlock()
-		h.changed.notify()
-	}()
-
 	run.State, run.StartedAt = storage.RunRunning, h.opts.Now().UTC()
 	if err := h.opts.Metadata.UpdateRun(ctx, scope, run); err != nil {
 		h.log.Error("mark run running", "run", run.ID, "err", err)
@@ -214,7 +225,11 @@ func (h *Harness) execute(ctx context.Context, run storage.Run) (o outcome) {
 	}
 	defer destroy()
 
-	exit, waitErr := inst.Wait(ctx)
+	// The driver enforces the deadline; this bound only keeps a broken
+	// driver from holding the worker forever.
+	waitCtx, stop := context.WithTimeout(ctx, h.opts.Limits.Timeout+waitGrace)
+	exit, waitErr := inst.Wait(waitCtx)
+	stop()
 	ended := h.opts.Now()
 	logs := inst.Logs()
 	destroy()
@@ -242,6 +257,8 @@ func (h *Harness) execute(ctx context.Context, run storage.Run) (o outcome) {
 	case o.state == storage.RunFailed: // teardown failed
 	case waitErr != nil && ctx.Err() != nil:
 		h.cancelled(ctx, &o)
+	case errors.Is(waitErr, context.DeadlineExceeded):
+		o.fail(storage.FailureInfrastructure, "the sandbox did not stop at the run's deadline of %s", h.opts.Limits.Timeout)
 	case waitErr != nil:
 		o.fail(storage.FailureInfrastructure, "wait for sandbox: %v", waitErr)
 	case exit.TimedOut:

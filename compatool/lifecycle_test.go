@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -336,4 +337,43 @@ func TestRetention(t *testing.T) {
 		t.Fatalf("archived transcript: %+v, %v", info, err)
 	}
 	rc.Close()
+}
+
+// TestSubmitBeforeStart: runs submitted before Start are queued twice (by
+// Submit and by Start's recovery) and still execute exactly once.
+func TestSubmitBeforeStart(t *testing.T) {
+	f := newFixture(t, 4, nil)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	opts := f.opts
+	opts.Sandbox = memsandbox.New(map[string]memsandbox.Agent{"counted": func(ctx context.Context, env *memsandbox.Env) int {
+		mu.Lock()
+		calls[env.Getenv(sandbox.EnvRunID)]++
+		mu.Unlock()
+		return f.scriptedAgent(nil)(ctx, env)
+	}}, nil)
+	h, err := compatool.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	sub, err := h.Submit(ctx, f.principal("org_a", "org:admin", false), compatool.Submission{AgentName: "a", Image: "counted", Tasks: f.tasks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runs, err := h.Wait(ctx, f.scope("org_a"), sub.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range runs {
+		if r.State != storage.RunFinished || calls[string(r.ID)] != 1 {
+			t.Errorf("run %s: %s, agent started %d times; want finished, once", r.ID, r.State, calls[string(r.ID)])
+		}
+	}
 }
