@@ -352,6 +352,8 @@ func TestSubmitBeforeStart(t *testing.T) {
 		mu.Unlock()
 		return f.scriptedAgent(nil)(ctx, env)
 	}}, nil)
+	store := &pairedReads{MetadataStore: f.store, reads: map[storage.RunID]chan struct{}{}, started: map[storage.RunID]int{}}
+	opts.Metadata = store
 	h, err := compatool.New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -372,8 +374,48 @@ func TestSubmitBeforeStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range runs {
-		if r.State != storage.RunFinished || calls[string(r.ID)] != 1 {
-			t.Errorf("run %s: %s, agent started %d times; want finished, once", r.ID, r.State, calls[string(r.ID)])
+		if r.State != storage.RunFinished || calls[string(r.ID)] != 1 || store.started[r.ID] != 1 {
+			t.Errorf("run %s: %s, agent started %d times, marked running %d times; want finished, once", r.ID, r.State, calls[string(r.ID)], store.started[r.ID])
 		}
 	}
+}
+
+type pairedReads struct {
+	storage.MetadataStore
+	mu      sync.Mutex
+	reads   map[storage.RunID]chan struct{}
+	started map[storage.RunID]int
+}
+
+func (p *pairedReads) UpdateRun(ctx context.Context, s auth.Scope, r storage.Run) error {
+	if r.State == storage.RunRunning {
+		p.mu.Lock()
+		p.started[r.ID]++
+		p.mu.Unlock()
+	}
+	return p.MetadataStore.UpdateRun(ctx, s, r)
+}
+
+// GetRun reads the run, then holds the first reader of each run until a
+// second reader has read it too (or a while has passed): a run claimed
+// twice is then seen queued twice.
+func (p *pairedReads) GetRun(ctx context.Context, s auth.Scope, id storage.RunID) (storage.Run, error) {
+	r, err := p.MetadataStore.GetRun(ctx, s, id)
+	p.mu.Lock()
+	ch, second := p.reads[id]
+	if !second {
+		ch = make(chan struct{})
+		p.reads[id] = ch
+	} else if ch != nil {
+		close(ch)
+		p.reads[id] = nil
+	}
+	p.mu.Unlock()
+	if !second {
+		select {
+		case <-ch:
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	return r, err
 }

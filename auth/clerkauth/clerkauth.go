@@ -55,49 +55,33 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/clerk/clerk-sdk-go/v2/jwt"
 	"github.com/compatool/compatool/auth"
+	"github.com/compatool/compatool/auth/internal/claims"
 )
 
-// Defaults and bounds of [Options].
+// Defaults and bounds of [Options]. The leeway (5s by default, at most 1m)
+// and the maximum lifetime (10m by default, at most 1h) are devauth's too.
 const (
-	DefaultLeeway          = 5 * time.Second
-	DefaultMaxLifetime     = 10 * time.Minute
+	DefaultLeeway          = claims.DefaultLeeway
+	DefaultMaxLifetime     = claims.DefaultMaxLifetime
 	DefaultRefreshInterval = 30 * time.Second
 	DefaultMaxKeyAge       = time.Hour
 	DefaultFetchTimeout    = 10 * time.Second
 
 	// MaxLeeway and MaxMaxLifetime bound the configuration: a larger clock
 	// skew or token lifetime would no longer be "short-lived" (P10).
-	MaxLeeway      = time.Minute
-	MaxMaxLifetime = time.Hour
+	MaxLeeway      = claims.MaxLeeway
+	MaxMaxLifetime = claims.MaxMaxLifetime
 	// MinRefreshInterval keeps the unknown-kid rate limit meaningful.
 	MinRefreshInterval = time.Second
 )
 
 // MaxJWKSBytes bounds a JWKS response; Clerk's is about 1 KiB.
 const MaxJWKSBytes = 64 << 10
-
-// maxClaimBytes bounds every identifier taken from a token (subject,
-// organisation id, role, key id), well above Clerk's ids.
-const maxClaimBytes = 256
-
-// maxUnix bounds numeric dates so that arithmetic on them cannot overflow
-// (year 5138).
-const maxUnix = 1e11
-
-// reservedClaims may not be used as Options.StaffClaim: they carry identity
-// or session data that a staff flag must not be confused with.
-var reservedClaims = []string{
-	"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "sid", "v", "o",
-	"org_id", "org_role", "org_slug", "org_permissions", "act", "fva", "fea",
-}
 
 // Options configure an [Authenticator]. Fields mirror devauth.Options so that
 // a deployment can switch between the two without changing behaviour.
@@ -158,16 +142,9 @@ type Options struct {
 // Authenticator verifies Clerk session tokens of one Clerk instance. It is
 // safe for concurrent use; its only state is the cached key set.
 type Authenticator struct {
-	issuer     string
-	parties    []string
-	leeway     time.Duration
-	maxLife    time.Duration
-	staffClaim string
-	staffRoles []string
-	staffOrg   auth.OrgID
-	now        func() time.Time
-	clock      clock
-	keys       *keyCache
+	policy *claims.Policy
+	clock  clock
+	keys   *keyCache
 }
 
 var _ auth.Authenticator = (*Authenticator)(nil)
@@ -190,43 +167,20 @@ func New(issuer string, opts *Options) (*Authenticator, error) {
 	if issuer == "" || strings.TrimSpace(issuer) != issuer {
 		return nil, errors.New("clerkauth: issuer is empty or padded; pass the Frontend API URL of the Clerk instance, e.g. \"https://clerk.example.com\"")
 	}
-	a := &Authenticator{
-		issuer:     issuer,
-		parties:    slices.Clone(o.AuthorizedParties),
-		leeway:     o.Leeway,
-		maxLife:    o.MaxLifetime,
-		staffClaim: o.StaffClaim,
-		staffRoles: slices.Clone(o.StaffRoles),
-		staffOrg:   o.StaffOrg,
-		now:        o.Now,
+	policy, err := claims.NewPolicy(claims.Policy{
+		Issuer:            issuer,
+		AuthorizedParties: o.AuthorizedParties,
+		Leeway:            o.Leeway,
+		MaxLifetime:       o.MaxLifetime,
+		StaffClaim:        o.StaffClaim,
+		StaffRoles:        o.StaffRoles,
+		StaffOrg:          o.StaffOrg,
+		Now:               o.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clerkauth: %w", err)
 	}
-	if len(a.parties) == 0 || slices.Contains(a.parties, "") {
-		return nil, errors.New("clerkauth: Options.AuthorizedParties is empty or has an empty entry; list front-end origins such as \"https://app.example.com\"")
-	}
-	switch {
-	case a.leeway == 0:
-		a.leeway = DefaultLeeway
-	case a.leeway < 0:
-		a.leeway = 0
-	case a.leeway > MaxLeeway:
-		return nil, fmt.Errorf("clerkauth: Options.Leeway %v exceeds %v; fix the clocks rather than widening the leeway", a.leeway, MaxLeeway)
-	}
-	switch {
-	case a.maxLife == 0:
-		a.maxLife = DefaultMaxLifetime
-	case a.maxLife < time.Second || a.maxLife > MaxMaxLifetime:
-		return nil, fmt.Errorf("clerkauth: Options.MaxLifetime %v is outside [1s, %v]; tokens must be short-lived (P10)", a.maxLife, MaxMaxLifetime)
-	}
-	if slices.Contains(reservedClaims, a.staffClaim) {
-		return nil, fmt.Errorf("clerkauth: Options.StaffClaim %q is a registered or Clerk claim; name a custom claim such as \"staff\"", a.staffClaim)
-	}
-	if len(a.staffRoles) > 0 && a.staffOrg == "" {
-		return nil, errors.New("clerkauth: Options.StaffRoles needs Options.StaffOrg: any organisation admin can grant a role within their own organisation")
-	}
-	if a.now == nil {
-		a.now = time.Now
-	}
-	a.clock = clock(a.now)
+	a := &Authenticator{policy: policy, clock: clock(policy.Now)}
 
 	jwksURL := o.JWKSURL
 	if jwksURL == "" {
@@ -242,7 +196,7 @@ func New(issuer string, opts *Options) (*Authenticator, error) {
 		interval: o.RefreshInterval,
 		maxAge:   o.MaxKeyAge,
 		timeout:  o.FetchTimeout,
-		now:      a.now,
+		now:      policy.Now,
 		log:      o.Logger,
 	}
 	if c.client == nil {
@@ -328,8 +282,8 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*auth.P
 		return nil, refuse("token type %q is not JWT", *h.Typ)
 	case h.Crit != nil:
 		return nil, refuse("critical header extensions are not supported")
-	case h.Kid == "" || len(h.Kid) > maxClaimBytes:
-		return nil, refuse("key id missing or longer than %d bytes", maxClaimBytes)
+	case h.Kid == "" || len(h.Kid) > claims.MaxTextBytes:
+		return nil, refuse("key id missing or longer than %d bytes", claims.MaxTextBytes)
 	}
 	key, err := a.keys.lookup(ctx, h.Kid)
 	if err != nil {
@@ -344,9 +298,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*auth.P
 		Token:                   token,
 		JWK:                     key,
 		Clock:                   a.clock,
-		Leeway:                  a.leeway,
-		ProxyURL:                &a.issuer, // pins "iss" to exactly the issuer
-		AuthorizedPartyHandler:  func(azp string) bool { return azp != "" && slices.Contains(a.parties, azp) },
+		Leeway:                  a.policy.Leeway,
+		ProxyURL:                &a.policy.Issuer, // pins "iss" to exactly the issuer
+		AuthorizedPartyHandler:  a.policy.Accepts,
 		CustomClaimsConstructor: func(context.Context) any { return &raw },
 	})
 	if err != nil {
@@ -354,41 +308,26 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*auth.P
 	}
 	// jwt.Verify has checked signature, issuer, azp and the dates it finds;
 	// the rest of the contract (dates required, lifetime, org claims) is
-	// ours, and the issuer is checked again so that a change in the SDK's
-	// issuer rule cannot widen it.
-	if c.Issuer != a.issuer {
-		return nil, refuse("issuer %q is not %q", c.Issuer, a.issuer)
-	}
-	if err := checkText("sub", c.Subject); err != nil {
+	// ours, and the issuer and azp are checked again so that a change in the
+	// SDK's rules cannot widen them.
+	p, err := a.policy.Principal(claims.Registered{
+		Subject:         c.Subject,
+		Issuer:          c.Issuer,
+		AuthorizedParty: c.AuthorizedParty,
+		IssuedAt:        c.IssuedAt,
+		Expiry:          c.Expiry,
+		NotBefore:       c.NotBefore,
+	})
+	if err != nil {
 		return nil, refuse("%v", err)
 	}
-	if c.IssuedAt == nil || c.Expiry == nil {
-		return nil, refuse("iat and exp are required")
+	// The raw claims, not the SDK's: it folds v2 into the v1 fields and
+	// treats any version other than 2 as 1.
+	org, err := claims.DecodeOrg(raw)
+	if err == nil {
+		p.Org, p.Role, err = org.Active()
 	}
-	iat, exp := *c.IssuedAt, *c.Expiry
-	if iat <= 0 || exp <= 0 || iat > maxUnix || exp > maxUnix {
-		return nil, refuse("iat or exp out of range")
-	}
-	now := a.now()
-	switch {
-	case now.Add(-a.leeway).After(time.Unix(exp, 0)):
-		return nil, refuse("token expired at %s", time.Unix(exp, 0).UTC().Format(time.RFC3339))
-	case now.Add(a.leeway).Before(time.Unix(iat, 0)):
-		return nil, refuse("token issued in the future")
-	case c.NotBefore != nil && now.Add(a.leeway).Before(time.Unix(*c.NotBefore, 0)):
-		return nil, refuse("token not valid before %s", time.Unix(*c.NotBefore, 0).UTC().Format(time.RFC3339))
-	case exp <= iat:
-		return nil, refuse("token expires before it is issued")
-	case time.Duration(exp-iat)*time.Second > a.maxLife:
-		return nil, refuse("token lifetime %v exceeds %v", time.Duration(exp-iat)*time.Second, a.maxLife)
-	}
-
-	p := &auth.Principal{
-		Subject:   c.Subject,
-		IssuedAt:  time.Unix(iat, 0).UTC(),
-		ExpiresAt: time.Unix(exp, 0).UTC(),
-	}
-	if p.Org, p.Role, err = organisation(raw); err != nil {
+	if err != nil {
 		return nil, refuse("%v", err)
 	}
 	// Clerk marks a session with tasks left (such as choosing an
@@ -396,12 +335,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (*auth.P
 	if sts, ok := raw["sts"]; ok && !bytes.Equal(sts, []byte(`"active"`)) {
 		return nil, refuse(`session status is not "active"`)
 	}
-	if a.staffClaim != "" && bytes.Equal(raw[a.staffClaim], []byte("true")) {
-		p.Staff = true
-	}
-	if a.staffOrg != "" && p.Org == a.staffOrg && slices.Contains(a.staffRoles, p.Role) {
-		p.Staff = true
-	}
+	p.Staff = a.policy.Staff(p, raw)
 	return p, nil
 }
 
@@ -428,79 +362,6 @@ func parseHeader(token string) (header, error) {
 		return h, fmt.Errorf("header: %v", err)
 	}
 	return h, nil
-}
-
-// orgV2 is Clerk's v2 organisation claim "o".
-type orgV2 struct {
-	ID   string `json:"id"`
-	Role string `json:"rol"`
-	Slug string `json:"slg"`
-}
-
-// organisation reads the active organisation from Clerk's v1 or v2 claims,
-// refusing a token that carries both forms or only half of one. It reads
-// the raw claims rather than the SDK's, which fold v2 into the v1 fields
-// and treat any version other than 2 as 1.
-func organisation(raw map[string]json.RawMessage) (auth.OrgID, string, error) {
-	var (
-		v                       int
-		orgID, orgRole, orgSlug string
-		o                       *orgV2
-	)
-	for _, c := range []struct {
-		name string
-		dst  any
-	}{{"v", &v}, {"org_id", &orgID}, {"org_role", &orgRole}, {"org_slug", &orgSlug}, {"o", &o}} {
-		if b, ok := raw[c.name]; ok {
-			if err := json.Unmarshal(b, c.dst); err != nil {
-				return "", "", fmt.Errorf("claim %q: %v", c.name, err)
-			}
-		}
-	}
-	v1 := orgID != "" || orgRole != "" || orgSlug != ""
-	switch v {
-	case 0, 1:
-		if o != nil {
-			return "", "", errors.New(`v1 token carries the v2 "o" claim`)
-		}
-		if !v1 {
-			return "", "", nil
-		}
-		if orgID == "" || orgRole == "" {
-			return "", "", errors.New("org_id and org_role must come together")
-		}
-		if err := checkText("org_id", orgID); err != nil {
-			return "", "", err
-		}
-		return auth.OrgID(orgID), orgRole, checkText("org_role", orgRole)
-	case 2:
-		if v1 {
-			return "", "", errors.New("v2 token carries v1 org claims")
-		}
-		if o == nil {
-			return "", "", nil
-		}
-		if o.ID == "" || o.Role == "" {
-			return "", "", errors.New(`"o" needs "id" and "rol"`)
-		}
-		if err := checkText("o.id", o.ID); err != nil {
-			return "", "", err
-		}
-		role := "org:" + o.Role
-		return auth.OrgID(o.ID), role, checkText("o.rol", role)
-	default:
-		return "", "", fmt.Errorf("unknown claims version %d", v)
-	}
-}
-
-// checkText refuses empty, oversized or non-printable identifiers: they end up
-// in storage keys and audit records.
-func checkText(name, s string) error {
-	if s == "" || len(s) > maxClaimBytes || !utf8.ValidString(s) ||
-		strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
-		return fmt.Errorf("%s must be 1 to %d bytes of printable UTF-8", name, maxClaimBytes)
-	}
-	return nil
 }
 
 func refuse(format string, args ...any) error {

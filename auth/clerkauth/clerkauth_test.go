@@ -26,6 +26,7 @@ import (
 	"github.com/compatool/compatool/auth"
 	"github.com/compatool/compatool/auth/authtest"
 	"github.com/compatool/compatool/auth/clerkauth"
+	"github.com/compatool/compatool/auth/internal/claims/claimstest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -297,7 +298,7 @@ func TestAttacks(t *testing.T) {
 
 	other := newJWKSServer(t, keys["rsa-other-instance"])
 	otherIssuer := "https://clerk.other.test"
-	otherClaims := with(clk.claims(), map[string]any{"iss": otherIssuer})
+	otherClaims := claimstest.With(clk.claims(), map[string]any{"iss": otherIssuer})
 	// the other instance's verifier accepts its own token: only the
 	// instance differs.
 	b, err := clerkauth.New(otherIssuer, &clerkauth.Options{AuthorizedParties: []string{party}, JWKSURL: other.url(), HTTPClient: other.Client(), Now: clk.Now})
@@ -319,31 +320,19 @@ func TestAttacks(t *testing.T) {
 		{"no kid", keys["rsa"].mint(t, map[string]any{"kid": nil}, clk.claims())},
 		{"typ not JWT", keys["rsa"].mint(t, map[string]any{"typ": "at+jwt"}, clk.claims())},
 		{"JSON serialization", `{"payload":"e30","protected":"e30","signature":"AA"}`},
-		{"Clerk's default issuer rule", keys["rsa"].mint(t, nil, with(clk.claims(), map[string]any{"iss": "https://clerk.evil.example"}))},
-		{"both org forms", keys["rsa"].mint(t, nil, with(clk.claims(), map[string]any{"v": 2, "o": map[string]any{"id": "org_b", "rol": "admin"}}))},
-		{"v1 with o", keys["rsa"].mint(t, nil, with(clk.claims(), map[string]any{"org_id": nil, "org_role": nil, "o": map[string]any{"id": "org_b", "rol": "admin"}}))},
-		{"o not an object", keys["rsa"].mint(t, nil, with(clk.claims(), map[string]any{"org_id": nil, "org_role": nil, "v": 2, "o": "org_b"}))},
-		{"v a string", keys["rsa"].mint(t, nil, with(clk.claims(), map[string]any{"v": "2"}))},
-		{"pending session", keys["rsa"].mint(t, nil, with(clk.claims(), map[string]any{"v": 2, "org_id": nil, "org_role": nil, "sts": "pending"}))},
-		{"control in org", keys["rsa"].mint(t, nil, with(clk.claims(), map[string]any{"org_id": "org\x00a"}))},
+		{"Clerk's default issuer rule", keys["rsa"].mint(t, nil, claimstest.With(clk.claims(), map[string]any{"iss": "https://clerk.evil.example"}))},
+		{"both org forms", keys["rsa"].mint(t, nil, claimstest.With(clk.claims(), map[string]any{"v": 2, "o": map[string]any{"id": "org_b", "rol": "admin"}}))},
+		{"v1 with o", keys["rsa"].mint(t, nil, claimstest.With(clk.claims(), map[string]any{"org_id": nil, "org_role": nil, "o": map[string]any{"id": "org_b", "rol": "admin"}}))},
+		{"o not an object", keys["rsa"].mint(t, nil, claimstest.With(clk.claims(), map[string]any{"org_id": nil, "org_role": nil, "v": 2, "o": "org_b"}))},
+		{"v a string", keys["rsa"].mint(t, nil, claimstest.With(clk.claims(), map[string]any{"v": "2"}))},
+		{"pending session", keys["rsa"].mint(t, nil, claimstest.With(clk.claims(), map[string]any{"v": 2, "org_id": nil, "org_role": nil, "sts": "pending"}))},
+		{"control in org", keys["rsa"].mint(t, nil, claimstest.With(clk.claims(), map[string]any{"org_id": "org\x00a"}))},
 	} {
 		t.Run(c.name, func(t *testing.T) { refused(t, a, c.token) })
 	}
 	if n := srv.fetches.Load(); n != 1 {
 		t.Errorf("JWKS fetched %d times, want 1: refusals must not refetch within the refresh interval", n)
 	}
-}
-
-func with(claims, changes map[string]any) map[string]any {
-	out := maps.Clone(claims)
-	for k, v := range changes {
-		if v == nil {
-			delete(out, k)
-		} else {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 func TestUnknownKidFlood(t *testing.T) {
@@ -571,12 +560,12 @@ func TestClerkClaims(t *testing.T) {
 		want   auth.Principal
 	}{
 		{"clerk v2", clerkV2, auth.Principal{Subject: "user_2", Org: "org_a", Role: "org:member"}},
-		{"no org", with(clerkV2, map[string]any{"o": nil}), auth.Principal{Subject: "user_2"}},
-		{"staff claim", with(clerkV2, map[string]any{"staff": true}), auth.Principal{Subject: "user_2", Org: "org_a", Role: "org:member", Staff: true}},
-		{"staff claim a string", with(clerkV2, map[string]any{"staff": "true"}), auth.Principal{Subject: "user_2", Org: "org_a", Role: "org:member"}},
-		{"staff role", with(clerkV2, map[string]any{"o": map[string]any{"id": "org_platform", "rol": "support"}}), auth.Principal{Subject: "user_2", Org: "org_platform", Role: "org:support", Staff: true}},
-		{"staff role elsewhere", with(clerkV2, map[string]any{"o": map[string]any{"id": "org_a", "rol": "support"}}), auth.Principal{Subject: "user_2", Org: "org_a", Role: "org:support"}},
-		{"admin of staff org", with(clerkV2, map[string]any{"o": map[string]any{"id": "org_platform", "rol": "admin"}}), auth.Principal{Subject: "user_2", Org: "org_platform", Role: "org:admin"}},
+		{"no org", claimstest.With(clerkV2, map[string]any{"o": nil}), auth.Principal{Subject: "user_2"}},
+		{"staff claim", claimstest.With(clerkV2, map[string]any{"staff": true}), auth.Principal{Subject: "user_2", Org: "org_a", Role: "org:member", Staff: true}},
+		{"staff claim a string", claimstest.With(clerkV2, map[string]any{"staff": "true"}), auth.Principal{Subject: "user_2", Org: "org_a", Role: "org:member"}},
+		{"staff role", claimstest.With(clerkV2, map[string]any{"o": map[string]any{"id": "org_platform", "rol": "support"}}), auth.Principal{Subject: "user_2", Org: "org_platform", Role: "org:support", Staff: true}},
+		{"staff role elsewhere", claimstest.With(clerkV2, map[string]any{"o": map[string]any{"id": "org_a", "rol": "support"}}), auth.Principal{Subject: "user_2", Org: "org_a", Role: "org:support"}},
+		{"admin of staff org", claimstest.With(clerkV2, map[string]any{"o": map[string]any{"id": "org_platform", "rol": "admin"}}), auth.Principal{Subject: "user_2", Org: "org_platform", Role: "org:admin"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.want.IssuedAt, c.want.ExpiresAt = iat, iat.Add(time.Minute)
@@ -627,22 +616,10 @@ func BenchmarkAuthenticate(b *testing.B) {
 		b.Run(k.alg, func(b *testing.B) {
 			srv := newJWKSServer(b, k)
 			a := newAuthenticator(b, srv, clerkauth.Options{})
-			ctx := context.Background()
-			if err := a.Refresh(ctx); err != nil {
+			if err := a.Refresh(context.Background()); err != nil {
 				b.Fatal(err)
 			}
-			tok := k.mint(b, nil, claimsAt(time.Now()))
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if _, err := a.Authenticate(ctx, tok); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifications/s")
+			claimstest.Benchmark(b, a, k.mint(b, nil, claimsAt(time.Now())))
 			if n := srv.fetches.Load(); n != 1 {
 				b.Errorf("%d JWKS fetches during the benchmark, want 1", n)
 			}

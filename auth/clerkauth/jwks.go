@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/clerk/clerk-sdk-go/v2"
+	"github.com/compatool/compatool/auth/internal/claims"
 )
 
 // RSA keys outside these bounds are skipped: smaller ones are forgeable,
@@ -184,7 +185,7 @@ func parseJWKS(body []byte) (map[string]*clerk.JSONWebKey, error) {
 	var dup []string
 	for _, raw := range doc.Keys {
 		k := new(clerk.JSONWebKey)
-		if json.Unmarshal(raw, k) != nil || k.KeyID == "" || len(k.KeyID) > maxClaimBytes || k.Use != "" && k.Use != "sig" {
+		if json.Unmarshal(raw, k) != nil || k.KeyID == "" || len(k.KeyID) > claims.MaxTextBytes || k.Use != "" && k.Use != "sig" {
 			continue
 		}
 		switch pub := k.Key.(type) {

@@ -28,7 +28,6 @@
 package devauth
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ed25519"
@@ -41,43 +40,32 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/compatool/compatool/auth"
+	"github.com/compatool/compatool/auth/internal/claims"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 
-// Defaults and bounds of [Options].
+// Defaults and bounds of [Options]. The leeway (5s by default, at most 1m)
+// and the maximum lifetime (10m by default, at most 1h) are clerkauth's too.
 const (
 	DefaultIssuer          = "urn:compatool:devauth"
 	DefaultAuthorizedParty = "http://localhost"
-	DefaultLeeway          = 5 * time.Second
-	DefaultMaxLifetime     = 10 * time.Minute
+	DefaultLeeway          = claims.DefaultLeeway
+	DefaultMaxLifetime     = claims.DefaultMaxLifetime
 	DefaultLifetime        = time.Minute // Clerk's session-token lifetime
 
 	// MaxLeeway and MaxMaxLifetime bound the configuration: a larger clock
 	// skew or token lifetime would no longer be "short-lived" (P10).
-	MaxLeeway      = time.Minute
-	MaxMaxLifetime = time.Hour
+	MaxLeeway      = claims.MaxLeeway
+	MaxMaxLifetime = claims.MaxMaxLifetime
 )
-
-// maxClaimBytes bounds every identifier taken from a token (subject,
-// organisation id, role, slug), well above Clerk's ids.
-const maxClaimBytes = 256
 
 // algorithms is the only list of signature algorithms the parser accepts, so
 // "none", HMAC with the public key as secret (key confusion) and any other
 // algorithm are refused before a signature is looked at.
 var algorithms = []jose.SignatureAlgorithm{jose.EdDSA}
-
-// reservedClaims may not be used as Options.StaffClaim: they carry identity
-// or session data that a staff flag must not be confused with.
-var reservedClaims = []string{
-	"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "sid", "v", "o",
-	"org_id", "org_role", "org_slug", "org_permissions", "act", "fva", "fea",
-}
 
 // Options configure an [Authority]. The zero value (or nil) selects the
 // defaults documented on each field.
@@ -140,18 +128,11 @@ type Claims struct {
 // Authority issues and verifies tokens signed by one Ed25519 key. It is safe
 // for concurrent use and holds no state beyond its configuration.
 type Authority struct {
-	priv       ed25519.PrivateKey
-	pub        ed25519.PublicKey
-	kid        string
-	jwks       []byte
-	issuer     string
-	parties    []string
-	leeway     time.Duration
-	maxLife    time.Duration
-	staffClaim string
-	staffRoles []string
-	staffOrg   auth.OrgID
-	now        func() time.Time
+	priv   ed25519.PrivateKey
+	pub    ed25519.PublicKey
+	kid    string
+	jwks   []byte
+	policy *claims.Policy
 }
 
 var _ auth.Authenticator = (*Authority)(nil)
@@ -166,49 +147,29 @@ func New(key ed25519.PrivateKey, opts *Options) (*Authority, error) {
 	if opts != nil {
 		o = *opts
 	}
+	if o.Issuer == "" {
+		o.Issuer = DefaultIssuer
+	}
+	if len(o.AuthorizedParties) == 0 {
+		o.AuthorizedParties = []string{DefaultAuthorizedParty}
+	}
+	policy, err := claims.NewPolicy(claims.Policy{
+		Issuer:            o.Issuer,
+		AuthorizedParties: o.AuthorizedParties,
+		Leeway:            o.Leeway,
+		MaxLifetime:       o.MaxLifetime,
+		StaffClaim:        o.StaffClaim,
+		StaffRoles:        o.StaffRoles,
+		StaffOrg:          o.StaffOrg,
+		Now:               o.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("devauth: %w", err)
+	}
 	a := &Authority{
-		priv:       slices.Clone(key),
-		pub:        slices.Clone(key.Public().(ed25519.PublicKey)),
-		issuer:     o.Issuer,
-		parties:    slices.Clone(o.AuthorizedParties),
-		leeway:     o.Leeway,
-		maxLife:    o.MaxLifetime,
-		staffClaim: o.StaffClaim,
-		staffRoles: slices.Clone(o.StaffRoles),
-		staffOrg:   o.StaffOrg,
-		now:        o.Now,
-	}
-	if a.issuer == "" {
-		a.issuer = DefaultIssuer
-	}
-	if len(a.parties) == 0 {
-		a.parties = []string{DefaultAuthorizedParty}
-	}
-	if slices.Contains(a.parties, "") {
-		return nil, errors.New("devauth: Options.AuthorizedParties contains an empty entry; list front-end origins such as \"https://app.example.com\"")
-	}
-	switch {
-	case a.leeway == 0:
-		a.leeway = DefaultLeeway
-	case a.leeway < 0:
-		a.leeway = 0
-	case a.leeway > MaxLeeway:
-		return nil, fmt.Errorf("devauth: Options.Leeway %v exceeds %v; fix the clocks rather than widening the leeway", a.leeway, MaxLeeway)
-	}
-	switch {
-	case a.maxLife == 0:
-		a.maxLife = DefaultMaxLifetime
-	case a.maxLife < time.Second || a.maxLife > MaxMaxLifetime:
-		return nil, fmt.Errorf("devauth: Options.MaxLifetime %v is outside [1s, %v]; tokens must be short-lived (P10)", a.maxLife, MaxMaxLifetime)
-	}
-	if slices.Contains(reservedClaims, a.staffClaim) {
-		return nil, fmt.Errorf("devauth: Options.StaffClaim %q is a registered or Clerk claim; name a custom claim such as \"staff\"", a.staffClaim)
-	}
-	if len(a.staffRoles) > 0 && a.staffOrg == "" {
-		return nil, errors.New("devauth: Options.StaffRoles needs Options.StaffOrg: any organisation admin can grant a role within their own organisation")
-	}
-	if a.now == nil {
-		a.now = time.Now
+		priv:   slices.Clone(key),
+		pub:    slices.Clone(key.Public().(ed25519.PublicKey)),
+		policy: policy,
 	}
 	jwk := jose.JSONWebKey{Key: a.pub, Algorithm: string(jose.EdDSA), Use: "sig"}
 	thumb, err := jwk.Thumbprint(crypto.SHA256)
@@ -244,21 +205,21 @@ func (a *Authority) PublicJWKS() []byte { return slices.Clone(a.jwks) }
 
 // Issue signs a token for c, valid from now for c.Lifetime.
 func (a *Authority) Issue(c Claims) (string, error) {
-	if err := checkText("Claims.Subject", c.Subject); err != nil {
+	if err := claims.CheckText("Claims.Subject", c.Subject); err != nil {
 		return "", fmt.Errorf("devauth: %w", err)
 	}
 	life := c.Lifetime
 	if life == 0 {
-		life = min(DefaultLifetime, a.maxLife)
+		life = min(DefaultLifetime, a.policy.MaxLifetime)
 	}
-	if life < time.Second || life > a.maxLife {
-		return "", fmt.Errorf("devauth: Claims.Lifetime %v is outside [1s, %v]; raise Options.MaxLifetime or shorten the token", life, a.maxLife)
+	if life < time.Second || life > a.policy.MaxLifetime {
+		return "", fmt.Errorf("devauth: Claims.Lifetime %v is outside [1s, %v]; raise Options.MaxLifetime or shorten the token", life, a.policy.MaxLifetime)
 	}
 	azp := c.AuthorizedParty
 	if azp == "" {
-		azp = a.parties[0]
+		azp = a.policy.AuthorizedParties[0]
 	}
-	if !slices.Contains(a.parties, azp) {
+	if !a.policy.Accepts(azp) {
 		return "", fmt.Errorf("devauth: Claims.AuthorizedParty %q is not in Options.AuthorizedParties", azp)
 	}
 	sid := c.SessionID
@@ -267,16 +228,16 @@ func (a *Authority) Issue(c Claims) (string, error) {
 		_, _ = rand.Read(b[:])
 		sid = "sess_" + hex.EncodeToString(b[:])
 	}
-	iat := a.now().Unix()
+	iat := a.policy.Now().Unix()
 	m := map[string]any{
-		"sub": c.Subject, "iss": a.issuer, "azp": azp, "sid": sid,
+		"sub": c.Subject, "iss": a.policy.Issuer, "azp": azp, "sid": sid,
 		"iat": iat, "nbf": iat, "exp": iat + int64(life/time.Second),
 	}
 	if c.Org == "" && (c.Role != "" || c.OrgSlug != "") {
 		return "", errors.New("devauth: Claims.Role and Claims.OrgSlug need Claims.Org")
 	}
 	if c.Org != "" {
-		if err := checkText("Claims.Org", string(c.Org)); err != nil {
+		if err := claims.CheckText("Claims.Org", string(c.Org)); err != nil {
 			return "", fmt.Errorf("devauth: %w", err)
 		}
 		role := c.Role
@@ -304,10 +265,10 @@ func (a *Authority) Issue(c Claims) (string, error) {
 		m["v"] = 2
 	}
 	if c.Staff {
-		if a.staffClaim == "" {
+		if a.policy.StaffClaim == "" {
 			return "", errors.New("devauth: Claims.Staff needs Options.StaffClaim")
 		}
-		m[a.staffClaim] = true
+		m[a.policy.StaffClaim] = true
 	}
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: a.priv},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", a.kid))
@@ -324,23 +285,9 @@ func (a *Authority) Issue(c Claims) (string, error) {
 // wireClaims are the claims Authenticate reads; unknown claims are ignored.
 type wireClaims struct {
 	jwt.Claims
-	AZP     string `json:"azp"`
-	V       int    `json:"v"`
-	OrgID   string `json:"org_id"`
-	OrgRole string `json:"org_role"`
-	OrgSlug string `json:"org_slug"`
-	O       *orgV2 `json:"o"`
+	claims.Org
+	AZP string `json:"azp"`
 }
-
-type orgV2 struct {
-	ID   string `json:"id"`
-	Role string `json:"rol"`
-	Slug string `json:"slg"`
-}
-
-// maxUnix bounds numeric dates so that arithmetic on them cannot overflow
-// (year 5138).
-const maxUnix = 1e11
 
 // Authenticate verifies token and returns its principal. It does no I/O and
 // so never blocks on ctx.
@@ -367,101 +314,22 @@ func (a *Authority) Authenticate(_ context.Context, token string) (*auth.Princip
 	if err := tok.Claims(a.pub, &c, &raw); err != nil {
 		return nil, refuse("bad signature or claims: %v", err)
 	}
-
-	if err := checkText("sub", c.Subject); err != nil {
+	p, err := a.policy.Principal(claims.Registered{
+		Subject:         c.Subject,
+		Issuer:          c.Issuer,
+		AuthorizedParty: c.AZP,
+		IssuedAt:        (*int64)(c.IssuedAt),
+		Expiry:          (*int64)(c.Expiry),
+		NotBefore:       (*int64)(c.NotBefore),
+	})
+	if err != nil {
 		return nil, refuse("%v", err)
 	}
-	if c.Issuer != a.issuer {
-		return nil, refuse("issuer %q is not %q", c.Issuer, a.issuer)
-	}
-	if c.AZP == "" || !slices.Contains(a.parties, c.AZP) {
-		return nil, refuse("authorized party %q is not accepted", c.AZP)
-	}
-	if c.IssuedAt == nil || c.Expiry == nil {
-		return nil, refuse("iat and exp are required")
-	}
-	iat, exp := int64(*c.IssuedAt), int64(*c.Expiry)
-	if iat <= 0 || exp <= 0 || iat > maxUnix || exp > maxUnix {
-		return nil, refuse("iat or exp out of range")
-	}
-	now := a.now()
-	switch {
-	case now.Add(-a.leeway).After(time.Unix(exp, 0)):
-		return nil, refuse("token expired at %s", time.Unix(exp, 0).UTC().Format(time.RFC3339))
-	case now.Add(a.leeway).Before(time.Unix(iat, 0)):
-		return nil, refuse("token issued in the future")
-	case c.NotBefore != nil && now.Add(a.leeway).Before(c.NotBefore.Time()):
-		return nil, refuse("token not valid before %s", c.NotBefore.Time().UTC().Format(time.RFC3339))
-	case exp <= iat:
-		return nil, refuse("token expires before it is issued")
-	case time.Duration(exp-iat)*time.Second > a.maxLife:
-		return nil, refuse("token lifetime %v exceeds %v", time.Duration(exp-iat)*time.Second, a.maxLife)
-	}
-
-	p := &auth.Principal{
-		Subject:   c.Subject,
-		IssuedAt:  time.Unix(iat, 0).UTC(),
-		ExpiresAt: time.Unix(exp, 0).UTC(),
-	}
-	if p.Org, p.Role, err = organisation(&c); err != nil {
+	if p.Org, p.Role, err = c.Org.Active(); err != nil {
 		return nil, refuse("%v", err)
 	}
-	if a.staffClaim != "" && bytes.Equal(raw[a.staffClaim], []byte("true")) {
-		p.Staff = true
-	}
-	if a.staffOrg != "" && p.Org == a.staffOrg && slices.Contains(a.staffRoles, p.Role) {
-		p.Staff = true
-	}
+	p.Staff = a.policy.Staff(p, raw)
 	return p, nil
-}
-
-// organisation reads the active organisation from Clerk's v1 or v2 claims,
-// refusing a token that carries both forms or only half of one.
-func organisation(c *wireClaims) (auth.OrgID, string, error) {
-	v1 := c.OrgID != "" || c.OrgRole != "" || c.OrgSlug != ""
-	switch c.V {
-	case 0, 1:
-		if c.O != nil {
-			return "", "", errors.New(`v1 token carries the v2 "o" claim`)
-		}
-		if !v1 {
-			return "", "", nil
-		}
-		if c.OrgID == "" || c.OrgRole == "" {
-			return "", "", errors.New("org_id and org_role must come together")
-		}
-		if err := checkText("org_id", c.OrgID); err != nil {
-			return "", "", err
-		}
-		return auth.OrgID(c.OrgID), c.OrgRole, checkText("org_role", c.OrgRole)
-	case 2:
-		if v1 {
-			return "", "", errors.New("v2 token carries v1 org claims")
-		}
-		if c.O == nil {
-			return "", "", nil
-		}
-		if c.O.ID == "" || c.O.Role == "" {
-			return "", "", errors.New(`"o" needs "id" and "rol"`)
-		}
-		if err := checkText("o.id", c.O.ID); err != nil {
-			return "", "", err
-		}
-		role := "org:" + c.O.Role
-		return auth.OrgID(c.O.ID), role, checkText("o.rol", role)
-	default:
-		return "", "", fmt.Errorf("unknown claims version %d", c.V)
-	}
-}
-
-// checkText refuses empty, oversized or non-printable identifiers: they end up
-// in storage keys and audit records.
-func checkText(name, s string) error {
-	if s == "" || len(s) > maxClaimBytes || !utf8.ValidString(s) ||
-		strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
-		return fmt.Errorf("%s must be 1 to %d bytes of printable UTF-8", name, maxClaimBytes)
-	}
-	return nil
 }
 
 func refuse(format string, args ...any) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/compatool/compatool/auth"
 	"github.com/compatool/compatool/auth/authtest"
 	"github.com/compatool/compatool/auth/devauth"
+	"github.com/compatool/compatool/auth/internal/claims/claimstest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -182,11 +183,7 @@ func TestStaffRule(t *testing.T) {
 	opts.StaffClaim, opts.StaffRoles, opts.StaffOrg = "staff", []string{"org:support"}, "org_platform"
 	opts.Now = func() time.Time { return epoch }
 	h := newHarness(opts, nil)(t).(*harness)
-	base := func(extra map[string]any) map[string]any {
-		c := map[string]any{"sub": "u", "iss": opts.Issuer, "azp": opts.AuthorizedParties[0], "iat": epoch.Unix(), "exp": epoch.Unix() + 60}
-		maps.Copy(c, extra)
-		return c
-	}
+	base := map[string]any{"sub": "u", "iss": opts.Issuer, "azp": opts.AuthorizedParties[0], "iat": epoch.Unix(), "exp": epoch.Unix() + 60}
 	for _, c := range []struct {
 		name  string
 		extra map[string]any
@@ -201,7 +198,7 @@ func TestStaffRule(t *testing.T) {
 		{"role in another org", map[string]any{"org_id": "org_customer", "org_role": "org:support"}, false},
 		{"admin of staff org", map[string]any{"org_id": "org_platform", "org_role": "org:admin"}, false},
 	} {
-		p, err := h.a.Authenticate(context.Background(), h.Mint(t, nil, base(c.extra)))
+		p, err := h.a.Authenticate(context.Background(), h.Mint(t, nil, claimstest.With(base, c.extra)))
 		if err != nil || p.Staff != c.staff {
 			t.Errorf("%s: Authenticate = (%+v, %v), want staff=%v", c.name, p, err, c.staff)
 		}
@@ -218,7 +215,7 @@ func TestStaffRule(t *testing.T) {
 		if name == "typ not JWT" {
 			header = map[string]any{"typ": "at+jwt"}
 		}
-		if _, err := h.a.Authenticate(context.Background(), h.Mint(t, header, base(extra))); !errors.Is(err, auth.ErrUnauthenticated) {
+		if _, err := h.a.Authenticate(context.Background(), h.Mint(t, header, claimstest.With(base, extra))); !errors.Is(err, auth.ErrUnauthenticated) {
 			t.Errorf("%s: Authenticate = %v, want auth.ErrUnauthenticated", name, err)
 		}
 	}
@@ -256,15 +253,5 @@ func BenchmarkAuthenticate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := a.Authenticate(ctx, tok); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifications/s")
+	claimstest.Benchmark(b, a, tok)
 }
