@@ -150,3 +150,31 @@ func TestFloorOf(t *testing.T) {
 		}
 	}
 }
+
+// TestNoUnconfiguredNetwork keeps P14 and P15 checkable by construction: no
+// package of the module can push or pull an image over the network (the
+// registry client is not linked at all), none links a telemetry or
+// analytics client, and none outside examples and tests reaches for Go's
+// default HTTP client, whose use would be a network call the host did not
+// configure.
+func TestNoUnconfiguredNetwork(t *testing.T) {
+	banned := []string{
+		"github.com/google/go-containerregistry/pkg/v1/remote",
+		"go.opentelemetry.io/otel/exporters", "github.com/getsentry/", "github.com/segmentio/analytics-go",
+		"gopkg.in/segmentio/analytics-go", "github.com/DataDog/", "github.com/posthog/", "github.com/mixpanel/",
+	}
+	for _, dep := range goList(t, "-deps", "./...") {
+		for _, b := range banned {
+			if strings.HasPrefix(dep, b) {
+				t.Errorf("the module links %s", dep)
+			}
+		}
+	}
+	out, err := exec.Command("git", "-C", "../..", "grep", "-n", "-E", `http\.(DefaultClient|Get\(|Post\(|Head\(|PostForm\()`, "--", "*.go", ":!*_test.go", ":!examples/", ":!*/cmd/*").Output()
+	if err != nil && len(out) > 0 {
+		t.Fatalf("git grep: %v", err)
+	}
+	if len(out) > 0 {
+		t.Errorf("code outside examples uses Go's default HTTP client; take an *http.Client from the host instead:\n%s", out)
+	}
+}

@@ -88,7 +88,8 @@ type Options struct {
 	// BaseURL is the Cloudflare API's base URL; "" means DefaultBaseURL.
 	// Tests point it at an emulator ("http://127.0.0.1:port/client/v4/").
 	BaseURL string
-	// HTTPClient sends the requests; nil means http.DefaultClient.
+	// HTTPClient sends the requests; nil means a client of the store's own
+	// on Go's default transport.
 	HTTPClient *http.Client
 	// Keyring, when set, seals each submission's metadata (owner, agent
 	// name, image, tasks, creation time).
@@ -133,7 +134,7 @@ func Open(ctx context.Context, accountID, databaseID, apiToken string, opts *Opt
 		o.BaseURL = DefaultBaseURL
 	}
 	if o.HTTPClient == nil {
-		o.HTTPClient = http.DefaultClient
+		o.HTTPClient = &http.Client{}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
