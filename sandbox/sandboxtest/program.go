@@ -56,6 +56,14 @@ const (
 //     outlive this one.
 //   - "heartbeat": until cancelled, every ~20ms GET $COMPATOOL_MCP_URL with
 //     User-Agent [HeartbeatUserAgent]+Text and the bearer token.
+//   - "attempt": try the privileged operation named Text (see
+//     [Attempter]); print "REACHED attempt <Text>[ <Path>][ <Code>]" or
+//     "blocked attempt …". A System that is no Attempter blocks them all.
+//   - "fork_bomb": spawn children running [{heartbeat, Text}] until a spawn
+//     fails (print "blocked fork_bomb") or 10000 did not (print
+//     "REACHED fork_bomb").
+//   - "double_fork": spawn a child that spawns [{heartbeat, Text}] and
+//     exits, leaving an orphaned daemon.
 //   - "panic": panic with Text.
 //   - "exit": stop with exit code Code.
 //
@@ -221,6 +229,12 @@ func step(ctx context.Context, sys System, s Step) error {
 				return ctx.Err()
 			}
 		}
+	case "attempt":
+		return attempt(ctx, sys, s)
+	case "fork_bomb":
+		return forkBomb(sys, s.Text)
+	case "double_fork":
+		return sys.Spawn(Program{{Op: "spawn", Text: s.Text}})
 	case "panic":
 		panic(s.Text)
 	default:
@@ -341,9 +355,11 @@ type osSystem struct{}
 
 func (osSystem) LookupEnv(key string) (string, bool) { return os.LookupEnv(key) }
 
-func (osSystem) HTTPClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{}).DialContext}}
-}
+// osTransport is shared so that connections are reused: a transport per
+// request would leave its idle connection open for the life of the process.
+var osTransport = &http.Transport{DialContext: (&net.Dialer{}).DialContext}
+
+func (osSystem) HTTPClient() *http.Client { return &http.Client{Transport: osTransport} }
 
 func (osSystem) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	return (&net.Dialer{}).DialContext(ctx, network, addr)

@@ -1,0 +1,11 @@
+package ocisandbox_test
+
+import (
+	"testing"
+
+	"github.com/compatool/compatool/sandbox/sandboxtest"
+)
+
+func TestConformance(t *testing.T) {
+	sandboxtest.RunConformanceTests(t, runtimeHarness("runc"))
+}
