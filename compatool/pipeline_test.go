@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -23,7 +24,12 @@ import (
 // every tool call is in the stored transcript with its arguments in full.
 func TestPipeline(t *testing.T) {
 	const concurrent = 200
-	f := newFixture(t, concurrent, func(o *compatool.Options) { o.Workers = concurrent + 40 })
+	f := newFixture(t, concurrent, func(o *compatool.Options) {
+		o.Workers = concurrent + 40
+		// Generous, so that only the sleepers reach it even on a loaded
+		// 2-core machine under the race detector.
+		o.Limits.Timeout = 20 * time.Second
+	})
 	f.sb.Register("barrier", f.scriptedAgent(newBarrier(concurrent)))
 
 	// 200 scripted runs that can only proceed once all 200 are running,
