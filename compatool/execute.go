@@ -193,6 +193,9 @@ func (h *Harness) execute(ctx context.Context, run storage.Run) (o outcome) {
 		MCPURL: h.gwURL + gw.Path(),
 		Limits: h.opts.Limits,
 	}
+	// The agent's time starts with the sandbox's start: a fast agent may be
+	// done before Start returns.
+	starting := h.opts.Now()
 	inst, err := h.opts.Sandbox.Start(ctx, spec)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -251,7 +254,7 @@ func (h *Harness) execute(ctx context.Context, run storage.Run) (o outcome) {
 		}
 	}
 	o.result.ToolCalls = len(calls)
-	o.result.AgentTime = ended.Sub(started)
+	o.result.AgentTime = ended.Sub(starting)
 	o.result.Exit = storage.Exit{Code: exit.Code, TimedOut: exit.TimedOut, Reason: exit.Reason}
 	switch {
 	case o.state == storage.RunFailed: // teardown failed

@@ -282,9 +282,9 @@ func (e *encoder) transcript(t *storage.Transcript) error {
 	e.id("goal", storage.Redacted)
 	err := cmp.Or(e.time("started_at", t.StartedAt), e.time("finished_at", t.FinishedAt))
 	e.open("exit")
-	e.int("Code", int64(t.Exit.Code))
-	e.bool("TimedOut", t.Exit.TimedOut)
-	e.text("Reason", t.Exit.Reason)
+	e.int("code", int64(t.Exit.Code))
+	e.bool("timed_out", t.Exit.TimedOut)
+	e.text("reason", t.Exit.Reason)
 	e.close()
 	if t.Failure != "" {
 		e.id("failure", string(t.Failure))

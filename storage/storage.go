@@ -160,9 +160,9 @@ type Result struct {
 
 // Exit is how the agent's sandbox ended.
 type Exit struct {
-	Code     int
-	TimedOut bool
-	Reason   string
+	Code     int    `json:"code"`
+	TimedOut bool   `json:"timed_out"`
+	Reason   string `json:"reason"`
 }
 
 // Task is a benchmark task as stored. Its content (goal and configuration)

@@ -1,159 +1,146 @@
-// Command quickstart shows the whole Compatool pipeline in one command: it
-// mints a token for a demo organisation, defines private notes tasks,
-// submits the scripted reference agent against them, shows progress while
-// the runs execute, and prints a results table and one redacted transcript.
+// Command quickstart shows Compatool as a newcomer meets it, in one command:
 //
 //	go run ./examples/quickstart
+//
+// It builds the reference agent (examples/agents/notesagent) into a
+// container image archive without Docker, starts the reference server
+// (examples/server/app) with the embedded defaults on a loopback port,
+// mints a local token, uploads the image against the notes task set, shows
+// progress while the runs execute in their sandboxes, and prints a results
+// table and one stored, redacted transcript.
+//
+// The OCI sandbox needs root and runc. Without them the quickstart says so;
+// -sandbox=mem runs the agent in-process instead, without isolation.
 package main
 
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"mime/multipart"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/compatool/compatool/auth"
-	"github.com/compatool/compatool/auth/devauth"
-	"github.com/compatool/compatool/billing/membilling"
-	"github.com/compatool/compatool/compatool"
-	"github.com/compatool/compatool/examples/agents/scripted"
-	"github.com/compatool/compatool/examples/tasks/notes"
-	"github.com/compatool/compatool/sandbox"
-	"github.com/compatool/compatool/sandbox/memsandbox"
-	"github.com/compatool/compatool/storage"
-	"github.com/compatool/compatool/storage/envelope"
-	"github.com/compatool/compatool/storage/memstore"
+	"github.com/compatool/compatool/examples/agents/agentimage"
+	"github.com/compatool/compatool/examples/server/app"
 )
 
 func main() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	sb := flag.String("sandbox", app.SandboxOCI, "sandbox: oci (runc, needs root) or mem (in-process, no isolation)")
+	data := flag.String("data", "", "keep the server's data in this directory (default: a temporary directory, removed at the end)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	if err := run(ctx, os.Stdout); err != nil {
+	if err := run(ctx, os.Stdout, *sb, *data); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
 }
 
-// agent runs the scripted reference agent inside a memsandbox instance.
-func agent(ctx context.Context, env *memsandbox.Env) int {
-	err := scripted.Solve(ctx, scripted.Config{
-		MCPURL:     env.Getenv(sandbox.EnvMCPURL),
-		Token:      env.Getenv(sandbox.EnvMCPToken),
-		Goal:       env.Getenv(sandbox.EnvGoal),
-		HTTPClient: env.HTTPClient(),
-	})
-	if err != nil {
-		fmt.Fprintln(env.Stderr(), err)
-		return 1
+func run(ctx context.Context, out io.Writer, sandbox, data string) error {
+	if sandbox == app.SandboxOCI {
+		if err := canRunContainers(); err != nil {
+			return err
+		}
 	}
-	fmt.Fprintln(env.Stdout(), "goal reached:", env.Getenv(sandbox.EnvGoal))
-	return 0
-}
-
-func run(ctx context.Context, out io.Writer) error {
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	keys, err := envelope.NewStaticKeys("quickstart", map[string][]byte{"quickstart": kek})
-	if err != nil {
-		return err
-	}
-	store := memstore.New(nil)
-	meter := membilling.New()
-	h, err := compatool.New(compatool.Options{
-		Metadata:     store,
-		Transcripts:  store,
-		Sandbox:      memsandbox.New(map[string]memsandbox.Agent{"scripted-agent": agent}, nil),
-		Keys:         envelope.NewKeyring(keys),
-		Meter:        meter,
-		Environments: map[string]compatool.Environment{notes.Name: notes.Environment{}},
-		Limits:       sandbox.Limits{Timeout: 30 * time.Second},
-	})
-	if err != nil {
-		return err
-	}
-	if err := h.Start(ctx); err != nil {
-		return err
-	}
-	defer h.Close(ctx)
-
-	// Identity: a real signed, short-lived JWT in Clerk's claim shape.
-	authority, err := devauth.Generate(nil)
-	if err != nil {
-		return err
-	}
-	token, err := authority.Issue(devauth.Claims{Subject: "user_demo", Org: "org_demo", Role: "org:admin"})
-	if err != nil {
-		return err
-	}
-	principal, err := authority.Authenticate(ctx, token)
-	if err != nil {
-		return err
-	}
-	scope, err := auth.ScopeFor(principal)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "signed in as %s of %s with a %s token\n", principal.Subject, principal.Org, principal.ExpiresAt.Sub(principal.IssuedAt))
-
-	// The private task set of this month.
-	month := compatool.Month(time.Now())
-	specs := []struct {
-		seed []notes.Note
-		add  []notes.Note
-		del  []string
-	}{
-		{add: []notes.Note{{Title: "groceries", Body: "eggs, milk, bread"}}},
-		{add: []notes.Note{{Title: "todo", Body: "file taxes"}, {Title: "ideas", Body: "a faster sandbox"}}},
-		{seed: []notes.Note{{Title: "draft", Body: "old"}}, del: []string{"draft"}},
-		{seed: []notes.Note{{Title: "a", Body: "1"}}, add: []notes.Note{{Title: "b", Body: "2"}}, del: []string{"a"}},
-		{add: []notes.Note{{Title: "quote", Body: `she said "hi" \o/`}}},
-	}
-	var ids []storage.TaskID
-	for i, s := range specs {
-		content, err := notes.Task(s.seed, s.add, s.del)
+	if data == "" {
+		dir, err := os.MkdirTemp("", "compatool-quickstart-")
 		if err != nil {
 			return err
 		}
-		id := storage.TaskID(fmt.Sprintf("notes-%d", i+1))
-		if err := h.PutTask(ctx, compatool.TaskSpec{ID: id, Environment: notes.Name, Month: month, Private: true, Content: content}); err != nil {
-			return err
-		}
-		ids = append(ids, id)
+		defer os.RemoveAll(dir)
+		data = dir
 	}
-	fmt.Fprintf(out, "defined %d private tasks for %s (content sealed with AES-256-GCM)\n", len(ids), month)
 
-	sub, err := h.Submit(ctx, principal, compatool.Submission{AgentName: "scripted reference agent", Image: "scripted-agent", Tasks: ids})
+	fmt.Fprintln(out, "1. building the reference agent into a `docker save` archive (go build + go-containerregistry, no Docker)")
+	start := time.Now()
+	archive := filepath.Join(data, "notesagent.tar")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	imageID, err := agentimage.Build(ctx, agentimage.NotesAgent, archive, nil)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "submitted %s: %d runs queued\n", sub.ID, len(ids))
-
-	runs, err := progress(ctx, out, h, scope, sub.ID)
+	fi, err := os.Stat(archive)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(out, "   %s, %.1f MB, in %s\n", imageID, float64(fi.Size())/1e6, time.Since(start).Round(time.Millisecond))
 
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(data, "server.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	a, err := app.New(ctx, app.Config{
+		DataDir: data, GatewayURL: "http://" + ln.Addr().String(), Sandbox: sandbox,
+		Logger: slog.New(slog.NewJSONHandler(logFile, nil)),
+	})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("start the server: %w", err)
+	}
+	go a.Serve(ln)
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		a.Shutdown(sctx)
+	}()
+	c := &client{base: "http://" + ln.Addr().String()}
+	fmt.Fprintf(out, "2. serving the API on %s: metadata in SQLite, transcripts in files, agents in %s (log: %s)\n", c.base, describe(sandbox), logPath)
+
+	c.token, err = app.MintToken(data, "", app.TokenRequest{Subject: "user_demo", Org: "org_demo"})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "3. signed in as user_demo of org_demo with a local JWT (go run ./examples/server token -org org_demo mints one)")
+
+	sub, err := c.upload(ctx, archive)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "4. submitted %s: one run per task of the %q task set %v\n", sub.ID, app.NotesSet, sub.Tasks)
+
+	runs, err := c.progress(ctx, out, sub.ID)
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(runs, func(a, b app.Run) int { return strings.Compare(a.Task, b.Task) })
 	fmt.Fprintln(out, "\nresults")
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUN\tTASK\tSTATE\tPASSED\tSCORE\tTOOL CALLS\tAGENT TIME")
 	for _, r := range runs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%.2f\t%d\t%s\n", r.ID, r.Task, r.State, r.Result.Passed, r.Result.Score, r.Result.ToolCalls, r.Result.AgentTime.Round(time.Microsecond))
+		res := r.Result
+		if res == nil {
+			res = &app.Result{}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%.2f\t%d\t%.1f ms\n", r.ID, r.Task, r.State, res.Passed, res.Score, res.ToolCalls, res.AgentTimeMS)
 	}
 	tw.Flush()
-	totals := meter.Totals(string(principal.Org))
-	fmt.Fprintf(out, "usage recorded: %d runs, %d tool calls\n", totals.Runs, totals.ToolCalls)
 
-	rc, _, err := h.Transcript(ctx, scope, runs[len(runs)-1].ID)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	raw, err := io.ReadAll(rc)
+	last := runs[len(runs)-1]
+	raw, err := c.get(ctx, "/v1/runs/"+last.ID+"/transcript")
 	if err != nil {
 		return err
 	}
@@ -161,42 +148,140 @@ func run(ctx context.Context, out io.Writer) error {
 	if err := json.Indent(&pretty, raw, "", "  "); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nstored transcript of %s (the goal never reached the store):\n%s\n", runs[len(runs)-1].ID, pretty.String())
+	fmt.Fprintf(out, "\nstored transcript of %s: the goal is [REDACTED] wherever it appeared; tool calls are kept in full\n%s\n", last.ID, pretty.String())
 	return nil
 }
 
-// progress prints a line each time the count of finished runs changes and
-// returns the runs once all are done.
-func progress(ctx context.Context, out io.Writer, h *compatool.Harness, scope auth.Scope, sub storage.SubmissionID) ([]storage.Run, error) {
-	done := make(chan struct{})
-	var runs []storage.Run
-	var werr error
+func describe(sandbox string) string {
+	if sandbox == app.SandboxMem {
+		return "this process (sandbox=mem: no isolation)"
+	}
+	return "runc containers with no network but their MCP endpoint"
+}
+
+// canRunContainers says what is missing for the OCI sandbox.
+func canRunContainers() error {
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (run with sudo)")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		missing = append(missing, "runc (apt-get install runc)")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the OCI sandbox needs %v; or try -sandbox=mem, which runs the agent in this process without isolation", missing)
+}
+
+// client is a minimal client of the server's API.
+type client struct {
+	base, token string
+}
+
+func (c *client) do(ctx context.Context, method, path, contentType string, body io.Reader) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error struct{ Code, Message string }
+		}
+		json.Unmarshal(b, &e)
+		return nil, fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Error.Code, e.Error.Message)
+	}
+	return b, nil
+}
+
+func (c *client) get(ctx context.Context, path string) ([]byte, error) {
+	return c.do(ctx, "GET", path, "", nil)
+}
+
+// upload submits the archive for the notes task set, streaming it.
+func (c *client) upload(ctx context.Context, archive string) (app.Submission, error) {
+	var sub app.Submission
+	f, err := os.Open(archive)
+	if err != nil {
+		return sub, err
+	}
+	defer f.Close()
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
 	go func() {
-		runs, werr = h.Wait(ctx, scope, sub)
-		close(done)
+		err := func() error {
+			w, err := mw.CreateFormField("submission")
+			if err != nil {
+				return err
+			}
+			if err := json.NewEncoder(w).Encode(map[string]any{"agent_name": "notesagent (reference)", "task_set": app.NotesSet}); err != nil {
+				return err
+			}
+			if w, err = mw.CreateFormFile("image", filepath.Base(archive)); err != nil {
+				return err
+			}
+			if _, err := io.Copy(w, f); err != nil {
+				return err
+			}
+			return mw.Close()
+		}()
+		pw.CloseWithError(err)
 	}()
-	tick := time.NewTicker(20 * time.Millisecond)
+	b, err := c.do(ctx, "POST", "/v1/submissions", mw.FormDataContentType(), pr)
+	if err != nil {
+		return sub, err
+	}
+	return sub, json.Unmarshal(b, &sub)
+}
+
+// progress prints a line each time more runs have ended and returns the
+// runs once all have.
+func (c *client) progress(ctx context.Context, out io.Writer, sub string) ([]app.Run, error) {
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	last := -1
 	for {
+		b, err := c.get(ctx, "/v1/runs?submission="+sub)
+		if err != nil {
+			return nil, err
+		}
+		var runs app.List[app.Run]
+		if err := json.Unmarshal(b, &runs); err != nil {
+			return nil, err
+		}
+		ended, running := 0, 0
+		for _, r := range runs.Items {
+			switch r.State {
+			case "finished", "failed", "cancelled":
+				ended++
+			case "running":
+				running++
+			}
+		}
+		if ended != last {
+			fmt.Fprintf(out, "   %d/%d runs ended, %d running\n", ended, len(runs.Items), running)
+			last = ended
+		}
+		if ended == len(runs.Items) && ended > 0 {
+			return runs.Items, nil
+		}
 		select {
-		case <-done:
-			return runs, werr
+		case <-ctx.Done():
+			return nil, errors.New("the runs did not end in time")
 		case <-tick.C:
-			rs, err := h.Runs(ctx, scope, sub, storage.Page{})
-			if err != nil {
-				return nil, err
-			}
-			n := 0
-			for _, r := range rs {
-				if r.State.Terminal() {
-					n++
-				}
-			}
-			if n != last {
-				fmt.Fprintf(out, "  %d/%d runs done\n", n, len(rs))
-				last = n
-			}
 		}
 	}
 }
