@@ -54,7 +54,7 @@ func main() {
 
 func run(ctx context.Context, out io.Writer, sandbox, data string) error {
 	if sandbox == app.SandboxOCI {
-		if err := canRunContainers(); err != nil {
+		if err := canRunContainers(out); err != nil {
 			return err
 		}
 	}
@@ -160,7 +160,22 @@ func describe(sandbox string) string {
 }
 
 // canRunContainers says what is missing for the OCI sandbox.
-func canRunContainers() error {
+// canRunContainers checks what the OCI sandbox needs. As root on a Debian or
+// Ubuntu machine it installs a missing runc with apt-get, saying so;
+// otherwise it says what is missing.
+func canRunContainers(out io.Writer) error {
+	if _, err := exec.LookPath("runc"); err != nil && os.Geteuid() == 0 {
+		if apt, err := exec.LookPath("apt-get"); err == nil {
+			fmt.Fprintln(out, "0. installing runc, the OCI runtime the sandbox uses (apt-get install -y runc)")
+			for _, args := range [][]string{{"update"}, {"install", "-y", "runc"}} {
+				cmd := exec.Command(apt, args...)
+				cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+				if b, err := cmd.CombinedOutput(); err != nil {
+					return fmt.Errorf("apt-get %s: %v\n%s", strings.Join(args, " "), err, b)
+				}
+			}
+		}
+	}
 	var missing []string
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root (run with sudo)")
