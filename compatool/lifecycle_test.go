@@ -23,6 +23,7 @@ import (
 	"github.com/compatool/compatool/sandbox"
 	"github.com/compatool/compatool/sandbox/memsandbox"
 	"github.com/compatool/compatool/storage"
+	"github.com/compatool/compatool/storage/envelope"
 )
 
 // reaper counts the harness's calls to Reap.
@@ -418,4 +419,44 @@ func (p *pairedReads) GetRun(ctx context.Context, s auth.Scope, id storage.RunID
 		}
 	}
 	return r, err
+}
+
+// TestRewrapTasks: after a key rotation and RewrapTasks, every task opens
+// with the new key alone.
+func TestRewrapTasks(t *testing.T) {
+	oldKey, newKey := make([]byte, 32), make([]byte, 32)
+	newKey[0] = 1
+	rotating, err := envelope.NewStaticKeys("old", map[string][]byte{"old": oldKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, 2, func(o *compatool.Options) { o.Keys = envelope.NewKeyring(rotating) })
+	ctx := context.Background()
+	// Rotate: the new key becomes current, the old one is still known.
+	both, err := envelope.NewStaticKeys("new", map[string][]byte{"old": oldKey, "new": newKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := f.opts
+	opts.Keys = envelope.NewKeyring(both)
+	h, err := compatool.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := h.RewrapTasks(ctx); err != nil || n != 2 {
+		t.Fatalf("RewrapTasks = %d, %v; want 2", n, err)
+	}
+	onlyNew, err := envelope.NewStaticKeys("new", map[string][]byte{"new": newKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range f.tasks {
+		task, err := f.store.GetTask(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := envelope.NewKeyring(onlyNew).Open(ctx, string(id), task.Sealed); err != nil {
+			t.Errorf("task %s does not open with the new key alone: %v", id, err)
+		}
+	}
 }

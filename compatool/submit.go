@@ -213,3 +213,29 @@ func checkText(what, s string, max int) error {
 	}
 	return nil
 }
+
+// RewrapTasks re-wraps every sealed task's data key under the keyring's
+// current key-encryption key, without re-encrypting the content: the second
+// half of a key rotation (the first is making a new key current in the
+// KeyProvider). It returns how many tasks it rewrapped and stops at the
+// first error; a second call finishes the rest.
+func (h *Harness) RewrapTasks(ctx context.Context) (int, error) {
+	tasks, err := h.opts.Metadata.ListTasks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, t := range tasks {
+		if t.Sealed == nil {
+			continue // retired and published
+		}
+		if t.Sealed, err = h.opts.Keys.Rewrap(ctx, string(t.ID), t.Sealed); err != nil {
+			return n, fmt.Errorf("compatool: rewrap task %s: %w", t.ID, err)
+		}
+		if err := h.opts.Metadata.PutTask(ctx, t); err != nil {
+			return n, fmt.Errorf("compatool: store rewrapped task %s: %w", t.ID, err)
+		}
+		n++
+	}
+	return n, nil
+}
