@@ -25,11 +25,11 @@ func Example() {
 	api := m.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scope, err := auth.ScopeFor(httpauth.Principal(r.Context()))
 		if err != nil {
-			m.Error(w, err, errNotFound)
+			m.Error(w, r, err, errNotFound)
 			return
 		}
 		if r.URL.Path != "/results/"+string(scope.Org()) {
-			m.Error(w, errNotFound, errNotFound) // another org's data: as if absent
+			m.Error(w, r, errNotFound, errNotFound) // another org's data: as if absent
 			return
 		}
 		fmt.Fprintln(w, "results of", scope.Org())
@@ -62,4 +62,35 @@ func Example() {
 	// /results/org_other 404
 	// /results/org_acme 401 Bearer realm="compatool"
 	// /results/org_acme 401 Bearer realm="compatool", error="invalid_token"
+}
+
+// A host that answers errors in JSON renders refusals itself; the
+// middleware still picks the status and sets the challenge.
+func ExampleOptions_onError() {
+	authority, err := devauth.Generate(nil)
+	if err != nil {
+		panic(err)
+	}
+	m, err := httpauth.New(authority, &httpauth.Options{
+		Realm: "compatool",
+		OnError: func(w http.ResponseWriter, r *http.Request, status int, err error) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			code := "error"
+			if errors.Is(err, auth.ErrUnauthenticated) {
+				code = "unauthenticated"
+			}
+			fmt.Fprintf(w, `{"error": {"code": %q}}`+"\n", code)
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+	h := m.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "hello") }))
+
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	fmt.Print(rec.Code, " ", rec.Header().Get("WWW-Authenticate"), " ", rec.Body)
+	// Output:
+	// 401 Bearer realm="compatool" {"error": {"code": "unauthenticated"}}
 }

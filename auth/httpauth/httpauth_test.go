@@ -199,7 +199,7 @@ func TestError(t *testing.T) {
 		{errors.New("sqlite: table runs is locked"), 500, ""},
 	} {
 		rec := httptest.NewRecorder()
-		m.Error(rec, c.err, errNotFound)
+		m.Error(rec, httptest.NewRequest("GET", "/", nil), c.err, errNotFound)
 		body, _ := io.ReadAll(rec.Body)
 		if rec.Code != c.code || rec.Header().Get("WWW-Authenticate") != c.challenge || string(body) != http.StatusText(c.code)+"\n" {
 			t.Errorf("Error(%v): %d %q %q; want %d %q and the status text", c.err, rec.Code, rec.Header().Get("WWW-Authenticate"), body, c.code, c.challenge)
@@ -222,5 +222,141 @@ func TestNew(t *testing.T) {
 	p := &auth.Principal{Subject: "u"}
 	if got := httpauth.Principal(httpauth.NewContext(context.Background(), p)); got != p {
 		t.Errorf("Principal(NewContext(p)) = %+v", got)
+	}
+}
+
+// refusing refuses every token with an error of the given sentinel that
+// quotes the token.
+type refusing struct{ sentinel error }
+
+func (a refusing) Authenticate(_ context.Context, token string) (*auth.Principal, error) {
+	return nil, fmt.Errorf("%w: cannot accept %q", a.sentinel, token)
+}
+
+// hookCall is what Options.OnError was called with.
+type hookCall struct {
+	status     int
+	authHeader string
+	err        error
+}
+
+// reachable returns err and every error it wraps.
+func reachable(err error) []error {
+	if err == nil {
+		return nil
+	}
+	out := []error{err}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		out = append(out, reachable(u.Unwrap())...)
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			out = append(out, reachable(e)...)
+		}
+	}
+	return out
+}
+
+func TestOnError(t *testing.T) {
+	a := newAuthority(t, epoch)
+	good := issue(t, a)
+	forged := issue(t, newAuthority(t, epoch))
+	const realm = `Bearer realm="r"`
+	for _, c := range []struct {
+		name      string
+		auth      auth.Authenticator
+		header    []string
+		status    int
+		challenge string
+		is        []error
+	}{
+		{"no credentials", a, nil, 401, realm, []error{auth.ErrUnauthenticated}},
+		{"two headers", a, []string{"Bearer " + good, "Bearer " + good}, 400, realm + `, error="invalid_request"`, []error{auth.ErrUnauthenticated}},
+		{"forged", a, []string{"Bearer " + forged}, 401, realm + `, error="invalid_token"`, []error{auth.ErrUnauthenticated}},
+		{"quoting authenticator", refusing{auth.ErrUnauthenticated}, []string{"Bearer " + forged}, 401, realm + `, error="invalid_token"`, []error{auth.ErrUnauthenticated}},
+		{"forbidding authenticator", refusing{auth.ErrForbidden}, []string{"Bearer " + forged}, 403, "", []error{auth.ErrForbidden}},
+		{"failing authenticator", refusing{context.DeadlineExceeded}, []string{"Bearer " + forged}, 500, "", []error{context.DeadlineExceeded}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var calls []hookCall
+			m, err := httpauth.New(c.auth, &httpauth.Options{Realm: "r", OnError: func(w http.ResponseWriter, r *http.Request, status int, err error) {
+				calls = append(calls, hookCall{status, r.Header.Get("Authorization"), err})
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(status)
+				fmt.Fprintf(w, `{"error": %q}`, http.StatusText(status))
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := m.Handler(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { t.Error("a refused request reached the handler") }))
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			req.Header["Authorization"] = c.header
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+
+			if len(calls) != 1 {
+				t.Fatalf("OnError called %d times, want once", len(calls))
+			}
+			call := calls[0]
+			want := fmt.Sprintf(`{"error": %q}`, http.StatusText(c.status))
+			if rec.Code != c.status || call.status != c.status || rec.Header().Get("WWW-Authenticate") != c.challenge ||
+				rec.Header().Get("Content-Type") != "application/json" || rec.Body.String() != want {
+				t.Errorf("answer %d %q %q %q (OnError got status %d); want %d, challenge %q, the hook's JSON %s",
+					rec.Code, rec.Header().Get("WWW-Authenticate"), rec.Header().Get("Content-Type"), rec.Body, call.status, c.status, c.challenge, want)
+			}
+			if call.authHeader != "" {
+				t.Errorf("OnError sees the Authorization header %q", call.authHeader)
+			}
+			for _, target := range c.is {
+				if !errors.Is(call.err, target) {
+					t.Errorf("OnError's error %v does not wrap %v", call.err, target)
+				}
+			}
+			for _, e := range reachable(call.err) {
+				for _, tok := range []string{good, forged} {
+					if strings.Contains(e.Error(), tok) {
+						t.Errorf("an error reachable from OnError's quotes the token: %q", e.Error())
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestOnErrorWritingNothing(t *testing.T) {
+	called := false
+	m, err := httpauth.New(echoing{}, &httpauth.Options{OnError: func(http.ResponseWriter, *http.Request, int, error) { called = true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler(http.NotFoundHandler()).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if !called || rec.Code != 401 || rec.Body.String() != "Unauthorized\n" || rec.Header().Get("WWW-Authenticate") != "Bearer" {
+		t.Errorf("a hook that writes nothing: called %v, answer %d %q %q; want the plain-text 401", called, rec.Code, rec.Body, rec.Header().Get("WWW-Authenticate"))
+	}
+}
+
+func TestErrorWithOnError(t *testing.T) {
+	var got []hookCall
+	m, err := httpauth.New(echoing{}, &httpauth.Options{OnError: func(w http.ResponseWriter, r *http.Request, status int, err error) {
+		got = append(got, hookCall{status: status, err: err})
+		w.WriteHeader(status)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := []error{fmt.Errorf("%w: token expired", auth.ErrUnauthenticated), fmt.Errorf("run r1: %w", errNotFound), errors.New("disk on fire")}
+	var want []hookCall
+	for _, e := range errs {
+		rec := httptest.NewRecorder()
+		m.Error(rec, httptest.NewRequest(http.MethodGet, "/", nil), e, errNotFound)
+		code := httpauth.Status(e, errNotFound)
+		want = append(want, hookCall{status: code, err: e})
+		if rec.Code != code || (code == 401) != (rec.Header().Get("WWW-Authenticate") == `Bearer error="invalid_token"`) {
+			t.Errorf("Error(%v): %d, challenge %q", e, rec.Code, rec.Header().Get("WWW-Authenticate"))
+		}
+	}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(hookCall{}), cmp.Comparer(func(a, b error) bool { return a == b })); diff != "" {
+		t.Errorf("OnError calls (-want +got):\n%s", diff)
 	}
 }

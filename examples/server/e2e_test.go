@@ -6,15 +6,22 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -33,6 +40,7 @@ import (
 	"github.com/compatool/compatool/examples/server/app"
 	"github.com/compatool/compatool/internal/d1emu"
 	"github.com/compatool/compatool/internal/s3test"
+	"github.com/compatool/compatool/internal/scantest"
 	"github.com/compatool/compatool/storage"
 )
 
@@ -43,27 +51,128 @@ var e2eFlags []string
 // TestEndToEnd drives the real server binary on a loopback port as two
 // organisations and a staff member would: with the embedded defaults, and
 // with the Cloudflare backends (D1, R2, Clerk) selected by flags alone,
-// against a D1 emulator, an S3 server and a Clerk-compatible JWKS.
+// against a D1 emulator, an S3 server and a Clerk-compatible JWKS. After
+// the session it reads every byte the backends stored (see checkStores).
 func TestEndToEnd(t *testing.T) {
 	t.Run("embedded defaults", func(t *testing.T) {
-		data := t.TempDir()
-		start := func() *server { return startServer(t, data, nil, e2eFlags...) }
-		scenario(t, start, func(s *server, org string, staff bool) string { return s.token(org, staff) })
+		data, tap := t.TempDir(), newTokenTap(t)
+		scenario(t, backends{
+			start: func() *server {
+				return tap.front(startServer(t, data, nil, append([]string{"-gateway-url=" + tap.url}, e2eFlags...)...))
+			},
+			token:  func(s *server, org string, staff bool) string { return s.token(org, staff) },
+			stores: []store{{dir: data, holdsRuns: true, scrubbed: true}},
+			tap:    tap,
+		})
 	})
 	t.Run("Cloudflare backends", func(t *testing.T) {
-		env, flags, issue := cloudflare(t)
-		data := t.TempDir()
-		start := func() *server { return startServer(t, data, env, append(append([]string{}, e2eFlags...), flags...)...) }
-		scenario(t, start, func(_ *server, org string, staff bool) string { return issue(org, staff) })
+		cf := cloudflare(t)
+		data, tap := t.TempDir(), newTokenTap(t)
+		flags := append(append([]string{"-gateway-url=" + tap.url}, e2eFlags...), cf.flags...)
+		scenario(t, backends{
+			start: func() *server { return tap.front(startServer(t, data, cf.env, flags...)) },
+			token: func(_ *server, org string, staff bool) string { return cf.issue(org, staff) },
+			stores: []store{
+				{dir: data, scrubbed: true},
+				// The emulator stands in for D1, whose storage is D1's to
+				// scrub (see d1store): erasure is not checked in it.
+				{dir: cf.d1Dir, holdsRuns: true},
+				{dir: cf.s3Dir, holdsRuns: true, scrubbed: true},
+			},
+			signingKey:  cf.key,
+			credentials: cf.credentials,
+			tap:         tap,
+		})
 	})
 }
 
-// cloudflare starts a D1 emulator, an S3 server and a JWKS endpoint, and
-// returns the environment and flags that point the server at them, and a
-// function that issues tokens the JWKS verifies.
-func cloudflare(t *testing.T) (env, flags []string, issue func(org string, staff bool) string) {
+// backends says how a scenario starts its server and where the server
+// keeps what it stores.
+type backends struct {
+	// start starts a server (again, on the same stores, at the end).
+	start func() *server
+	// token mints the tokens the server accepts.
+	token  func(s *server, org string, staff bool) string
+	stores []store
+	// signingKey signs the tokens; nil for the data directory's devauth
+	// key, which the server makes.
+	signingKey ed25519.PrivateKey
+	// credentials are the backends' own secrets (API token, secret key).
+	credentials []string
+	tap         *tokenTap
+}
+
+// store is a directory where the session's data lands.
+type store struct {
+	dir string
+	// holdsRuns says the store keeps every run: its bytes must hold the id
+	// of each run not erased, else a scan of it read the wrong place.
+	holdsRuns bool
+	// scrubbed says erasure leaves no trace in it.
+	scrubbed bool
+}
+
+// tokenTap stands between the sandboxes and the server's MCP gateway: the
+// server is started with -gateway-url pointing at it, so each agent's MCP
+// requests pass it. It records each run's bearer token, which neither the
+// agent nor the server reports (P13), and forwards the request.
+type tokenTap struct {
+	url    string
+	target atomic.Pointer[url.URL]
+	mu     sync.Mutex
+	tokens map[string]string // run id → token
+}
+
+func newTokenTap(t *testing.T) *tokenTap {
+	tap := &tokenTap{tokens: map[string]string{}}
+	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(tap.target.Load()) }, FlushInterval: -1}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		run, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/runs/"), "/")
+		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			tap.mu.Lock()
+			tap.tokens[run] = tok
+			tap.mu.Unlock()
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	tap.url = srv.URL
+	return tap
+}
+
+// front points the tap at s and returns s.
+func (tap *tokenTap) front(s *server) *server {
+	u, err := url.Parse(s.url)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	tap.target.Store(u)
+	return s
+}
+
+func (tap *tokenTap) token(run string) string {
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	return tap.tokens[run]
+}
+
+// cloudflareBackends are a D1 emulator, an S3 server and a JWKS endpoint,
+// and what points the server at them.
+type cloudflareBackends struct {
+	env, flags []string
+	// issue issues tokens the JWKS verifies, signed with key.
+	issue func(org string, staff bool) string
+	key   ed25519.PrivateKey
+	// d1Dir and s3Dir hold the emulator's database and the S3 server's
+	// objects.
+	d1Dir, s3Dir string
+	credentials  []string
+}
+
+func cloudflare(t *testing.T) cloudflareBackends {
 	const account, database, d1Token = "acc-1", "db-1", "d1-test-token"
-	emu, err := d1emu.New(filepath.Join(t.TempDir(), "d1.sqlite"), d1emu.Options{AccountID: account, DatabaseID: database, Token: d1Token})
+	cf := cloudflareBackends{d1Dir: t.TempDir(), key: mustKey(t)}
+	emu, err := d1emu.New(filepath.Join(cf.d1Dir, "d1.sqlite"), d1emu.Options{AccountID: account, DatabaseID: database, Token: d1Token})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +180,7 @@ func cloudflare(t *testing.T) (env, flags []string, issue func(org string, staff
 	t.Cleanup(func() { d1srv.Close(); emu.Close() })
 
 	s3 := s3test.Start(t)
+	cf.s3Dir = s3.Dir
 	const bucket = "transcripts"
 	client := s3api.New(s3api.Options{
 		Region: s3.Region, BaseEndpoint: aws.String(s3.Endpoint), UsePathStyle: true,
@@ -93,26 +203,27 @@ func cloudflare(t *testing.T) (env, flags []string, issue func(org string, staff
 	}))
 	t.Cleanup(jwks.Close)
 	const party = "https://app.example.com"
-	authority, err = devauth.New(mustKey(t), &devauth.Options{Issuer: jwks.URL, AuthorizedParties: []string{party}, StaffClaim: "compatool_staff"})
+	authority, err = devauth.New(cf.key, &devauth.Options{Issuer: jwks.URL, AuthorizedParties: []string{party}, StaffClaim: "compatool_staff"})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	env = []string{"COMPATOOL_D1_API_TOKEN=" + d1Token, "COMPATOOL_R2_SECRET_ACCESS_KEY=" + s3.SecretKey}
-	flags = []string{
+	cf.credentials = []string{d1Token, s3.SecretKey}
+	cf.env = []string{"COMPATOOL_D1_API_TOKEN=" + d1Token, "COMPATOOL_R2_SECRET_ACCESS_KEY=" + s3.SecretKey}
+	cf.flags = []string{
 		"-metadata=d1", "-d1-account=" + account, "-d1-database=" + database, "-d1-base-url=" + d1srv.URL + "/client/v4/",
 		"-transcripts=r2", "-r2-bucket=" + bucket, "-r2-endpoint=" + s3.Endpoint, "-r2-access-key-id=" + s3.AccessKey,
 		"-r2-region=" + s3.Region, "-r2-path-style",
 		"-auth=clerk", "-clerk-issuer=" + jwks.URL, "-clerk-authorized-parties=" + party,
 	}
-	issue = func(org string, staff bool) string {
+	cf.issue = func(org string, staff bool) string {
 		tok, err := authority.Issue(devauth.Claims{Subject: "user_of_" + cmpOr(org, "staff"), Org: auth.OrgID(org), Staff: staff, Lifetime: devauth.DefaultMaxLifetime})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return tok
 	}
-	return env, flags, issue
+	return cf
 }
 
 func mustKey(t *testing.T) ed25519.PrivateKey {
@@ -123,11 +234,10 @@ func mustKey(t *testing.T) ed25519.PrivateKey {
 	return key
 }
 
-// scenario is the end-to-end story on a server that start starts (again,
-// on the same stores, at the end); token mints the tokens it accepts.
-func scenario(t *testing.T, start func() *server, token func(s *server, org string, staff bool) string) {
-	s := start()
-	tokA, tokB, tokStaff := token(s, "org_a", false), token(s, "org_b", false), token(s, "", true)
+// scenario is the end-to-end story on the server b starts.
+func scenario(t *testing.T, b backends) {
+	s := b.start()
+	tokA, tokB, tokStaff := b.token(s, "org_a", false), b.token(s, "org_b", false), b.token(s, "", true)
 
 	if r := s.get("/readyz", ""); r.status != http.StatusOK {
 		t.Fatalf("readyz = %s", r)
@@ -164,7 +274,7 @@ func scenario(t *testing.T, start func() *server, token func(s *server, org stri
 	}
 
 	// Org A uploads the reference agent and its runs pass.
-	sub := s.upload(tokA, "notesagent", false)
+	sub := s.upload(tokA, "agent to erase", false)
 	if sub.Image != agentImageID || sub.Public {
 		t.Errorf("submission %+v: want image %s, private", sub, agentImageID)
 	}
@@ -275,11 +385,22 @@ func scenario(t *testing.T, start func() *server, token func(s *server, org stri
 	}
 	s.do("POST", "/v1/submissions/"+sub.ID+"/publish", tokA, "", nil)
 
+	// Org B runs an agent of its own, which erasure of org A's must leave.
+	subB := s.upload(tokB, "agent of org B", false)
+	runsB := s.wait(tokB, subB.ID)
+
 	// Erasure removes the submission, its runs, results and transcripts,
 	// published or not; the audit log stays.
 	if r := s.do("DELETE", "/v1/submissions/"+sub.ID, tokA, "", nil); r.status != http.StatusNoContent {
 		t.Fatalf("erase = %s", r)
 	}
+	// Nothing of it is left in any store, not even in the bytes SQLite
+	// freed (P4); runA alone stays, as the target of the audit records.
+	erased := []string{sub.ID, sub.AgentName}
+	for _, run := range runs[1:] {
+		erased = append(erased, run.ID)
+	}
+	checkErased(t, b, erased, ids(runsB))
 	for _, path := range []string{"/v1/submissions/" + sub.ID, "/v1/runs?submission=" + sub.ID, "/v1/runs/" + runA, "/v1/runs/" + runA + "/transcript", public} {
 		tok := tokA
 		if path == public {
@@ -317,12 +438,13 @@ func scenario(t *testing.T, start func() *server, token func(s *server, org stri
 	if !strings.Contains(s.log(), `"msg":"shut down"`) {
 		t.Errorf("the server log does not show a graceful shutdown")
 	}
-	s2 := start()
+	s2 := b.start()
 	got := decode[app.Submission](t, s2.get("/v1/submissions/"+sub2.ID, tokA), http.StatusOK)
 	if diff := cmp.Diff(sub2, got); diff != "" {
 		t.Errorf("submission after a restart (-before +after):\n%s", diff)
 	}
-	for _, run := range s2.wait(tokA, sub2.ID) {
+	runs2 := s2.wait(tokA, sub2.ID)
+	for _, run := range runs2 {
 		if run.Result == nil || !run.Result.Passed {
 			t.Errorf("run %s after a restart: %+v", run.ID, run.Result)
 		}
@@ -332,7 +454,8 @@ func scenario(t *testing.T, start func() *server, token func(s *server, org stri
 	}
 	// The image uploaded before the restart is still there to run.
 	sub3 := decode[app.Submission](t, s2.submitByID(tokA, "by ID after a restart", sub2.Image), http.StatusCreated)
-	for _, run := range s2.wait(tokA, sub3.ID) {
+	runs3 := s2.wait(tokA, sub3.ID)
+	for _, run := range runs3 {
 		if run.Result == nil || !run.Result.Passed {
 			t.Errorf("run %s of an image imported before the restart: %+v", run.ID, run.Result)
 		}
@@ -340,6 +463,148 @@ func scenario(t *testing.T, start func() *server, token func(s *server, org stri
 	if code := s2.stop(); code != 0 {
 		t.Errorf("server exit status after SIGTERM = %d, want 0", code)
 	}
+
+	// With every server stopped, every store is read once more.
+	kept := slices.Concat(runsB, runs2, runs3)
+	checkErased(t, b, erased, ids(kept))
+	checkStores(t, b, []string{tokA, tokB, tokStaff}, slices.Concat(runs, kept), ids(kept))
+}
+
+func ids(runs []app.Run) []string {
+	out := make([]string, len(runs))
+	for i, r := range runs {
+		out[i] = r.ID
+	}
+	return out
+}
+
+// checkErased fails the test if a store that erasure scrubs holds, in a
+// file's name or bytes, a string of an erased submission, or if a store
+// that keeps every run lacks one of kept.
+func checkErased(t *testing.T, b backends, erased, kept []string) {
+	t.Helper()
+	for _, st := range b.stores {
+		if !st.scrubbed {
+			continue
+		}
+		var mustFind []string
+		if st.holdsRuns {
+			mustFind = kept
+		}
+		scantest.ScanDir(t, st.dir, forms(erased...), mustFind...)
+		filepath.WalkDir(st.dir, func(p string, _ fs.DirEntry, err error) error {
+			for _, e := range erased {
+				if err == nil && strings.Contains(strings.TrimPrefix(p, st.dir), e) {
+					t.Errorf("%s is left after erasure", p)
+				}
+			}
+			return err
+		})
+	}
+}
+
+// checkStores reads every byte of every store, and fails the test if one
+// holds a secret of the session (P7, P8, P13): a bearer token of the API, a
+// run's MCP token, a goal or a task's configuration, a credential of the
+// backends, or the private key that signs the API's tokens outside its own
+// key file. So that finding nothing proves something, every store that
+// keeps every run must hold the ids of those in kept.
+func checkStores(t *testing.T, b backends, bearer []string, runs []app.Run, kept []string) {
+	t.Helper()
+	secrets := forms(slices.Concat(bearer, b.credentials)...)
+	for _, run := range runs {
+		tok := b.tap.token(run.ID)
+		raw, err := base64.RawURLEncoding.DecodeString(tok)
+		if err != nil || len(raw) < 32 {
+			t.Fatalf("the tap saw MCP token %q for run %s; want one of the gateway's (32 bytes, base64url)", tok, run.ID)
+		}
+		secrets = append(secrets, []byte(tok), raw)
+	}
+	tasks, err := app.NotesTasks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		secrets = append(secrets, forms(task.Content.Goal, string(task.Content.Config))...)
+	}
+	for _, st := range b.stores {
+		var mustFind []string
+		if st.holdsRuns {
+			mustFind = kept
+		}
+		n := scantest.ScanDir(t, st.dir, secrets, mustFind...)
+		t.Logf("%s: read %d bytes", st.dir, n)
+	}
+
+	// The signing key may be in its own file and nowhere else.
+	key, keyFile := b.signingKey, ""
+	if key == nil {
+		keyFile = filepath.Join(b.stores[0].dir, app.DevKeyFile)
+		b64, err := os.ReadFile(keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b64)))
+		if err != nil || len(seed) != ed25519.SeedSize {
+			t.Fatalf("%s holds no base64 Ed25519 seed (%v)", keyFile, err)
+		}
+		key = ed25519.NewKeyFromSeed(seed)
+	}
+	var keyForms [][]byte
+	for _, k := range [][]byte{key.Seed(), key} {
+		keyForms = append(keyForms, k, []byte(hex.EncodeToString(k)))
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			keyForms = append(keyForms, []byte(enc.EncodeToString(k)))
+		}
+	}
+	found := 0
+	for _, st := range b.stores {
+		err := filepath.WalkDir(st.dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return err
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			for _, f := range keyForms {
+				switch {
+				case !bytes.Contains(data, f):
+				case p == keyFile:
+					found++
+				default:
+					t.Errorf("%s holds the private key that signs the API's tokens", p)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if keyFile != "" && found == 0 {
+		t.Errorf("%s does not hold the signing key in any form looked for; the key scan looks for the wrong bytes", keyFile)
+	}
+}
+
+// forms returns each string as it may be stored: raw, and inside a JSON
+// string with and without HTML escaping.
+func forms(strs ...string) [][]byte {
+	var out [][]byte
+	for _, s := range strs {
+		out = append(out, []byte(s))
+		for _, html := range []bool{true, false} {
+			var b bytes.Buffer
+			enc := json.NewEncoder(&b)
+			enc.SetEscapeHTML(html)
+			enc.Encode(s)
+			q := bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+			if q = q[1 : len(q)-1]; !slices.ContainsFunc(out, func(o []byte) bool { return bytes.Equal(o, q) }) {
+				out = append(out, q)
+			}
+		}
+	}
+	return out
 }
 
 // traversalArchive is a `docker save` archive whose layer writes

@@ -43,6 +43,16 @@
 //
 // A 429 is refused before anything runs, so it is retried like a read.
 //
+// # Erasure
+//
+// DeleteSubmission deletes the submission and its runs with SQL DELETE in
+// one batch, and that is all this package can do: D1 manages its own
+// storage and refuses the PRAGMAs that would scrub it (secure_delete,
+// wal_checkpoint), so the SQL delete is the erasure. What remains of deleted rows in D1's pages, logs and replicas
+// is Cloudflare's to remove, and D1's Time Travel can restore the database
+// to any minute of the last 30 days, erased rows included; sqlitestore,
+// which owns its file, scrubs it instead.
+//
 // # Errors
 //
 // Errors wrap the sentinels of package storage; test with errors.Is.

@@ -31,29 +31,46 @@ const (
 	HeaderStaffReason    = "Compatool-Staff-Reason"
 )
 
-// routes builds the server's handler.
+// routes builds the server's handler. Every answer of the API is JSON,
+// errors included: those of the routing (no such path, a method the path
+// does not take) and httpauth's refusals (see authError).
 func (a *App) routes() http.Handler {
 	api := http.NewServeMux()
-	api.HandleFunc("GET /v1/task-sets", a.listTaskSets)
-	api.HandleFunc("POST /v1/submissions", a.createSubmission)
-	api.HandleFunc("GET /v1/submissions", a.read(false, a.listSubmissions))
-	api.HandleFunc("GET /v1/submissions/{id}", a.read(false, a.getSubmission))
-	api.HandleFunc("POST /v1/submissions/{id}/publish", a.write(a.publish))
-	api.HandleFunc("POST /v1/submissions/{id}/unpublish", a.write(a.unpublish))
-	api.HandleFunc("POST /v1/submissions/{id}/cancel", a.write(a.cancel))
-	api.HandleFunc("DELETE /v1/submissions/{id}", a.write(a.erase))
-	api.HandleFunc("GET /v1/runs", a.read(false, a.listRuns))
-	api.HandleFunc("GET /v1/runs/{id}", a.read(false, a.getRun))
-	api.HandleFunc("GET /v1/runs/{id}/transcript", a.read(false, a.transcript))
-	api.HandleFunc("GET /v1/audit", a.read(false, a.audit))
+	methods := map[string][]string{}
+	handle := func(pattern string, h http.HandlerFunc) {
+		method, path, _ := strings.Cut(pattern, " ")
+		api.HandleFunc(pattern, h)
+		methods[path] = append(methods[path], method)
+		if method == http.MethodGet {
+			methods[path] = append(methods[path], http.MethodHead)
+		}
+	}
+	handle("GET /v1/task-sets", a.listTaskSets)
+	handle("POST /v1/submissions", a.createSubmission)
+	handle("GET /v1/submissions", a.read(false, a.listSubmissions))
+	handle("GET /v1/submissions/{id}", a.read(false, a.getSubmission))
+	handle("POST /v1/submissions/{id}/publish", a.write(a.publish))
+	handle("POST /v1/submissions/{id}/unpublish", a.write(a.unpublish))
+	handle("POST /v1/submissions/{id}/cancel", a.write(a.cancel))
+	handle("DELETE /v1/submissions/{id}", a.write(a.erase))
+	handle("GET /v1/runs", a.read(false, a.listRuns))
+	handle("GET /v1/runs/{id}", a.read(false, a.getRun))
+	handle("GET /v1/runs/{id}/transcript", a.read(false, a.transcript))
+	handle("GET /v1/audit", a.read(false, a.audit))
 	// Staff reads of one organisation's data; each writes an audit record
 	// before any data is read.
-	api.HandleFunc("GET /v1/staff/orgs/{org}/submissions", a.read(true, a.listSubmissions))
-	api.HandleFunc("GET /v1/staff/orgs/{org}/submissions/{id}", a.read(true, a.getSubmission))
-	api.HandleFunc("GET /v1/staff/orgs/{org}/runs", a.read(true, a.listRuns))
-	api.HandleFunc("GET /v1/staff/orgs/{org}/runs/{id}", a.read(true, a.getRun))
-	api.HandleFunc("GET /v1/staff/orgs/{org}/runs/{id}/transcript", a.read(true, a.transcript))
-	api.HandleFunc("GET /v1/staff/orgs/{org}/audit", a.read(true, a.audit))
+	handle("GET /v1/staff/orgs/{org}/submissions", a.read(true, a.listSubmissions))
+	handle("GET /v1/staff/orgs/{org}/submissions/{id}", a.read(true, a.getSubmission))
+	handle("GET /v1/staff/orgs/{org}/runs", a.read(true, a.listRuns))
+	handle("GET /v1/staff/orgs/{org}/runs/{id}", a.read(true, a.getRun))
+	handle("GET /v1/staff/orgs/{org}/runs/{id}/transcript", a.read(true, a.transcript))
+	handle("GET /v1/staff/orgs/{org}/audit", a.read(true, a.audit))
+	// A pattern without a method is less specific than one with, so these
+	// take only the methods their path does not.
+	for path, m := range methods {
+		api.Handle(path, methodNotAllowed(m))
+	}
+	api.HandleFunc("/v1/", noEndpoint)
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", a.observe(a.open(a.mw.Handler(a.limit(api, principalKey))), a.accessLevel))
@@ -63,7 +80,7 @@ func (a *App) routes() http.Handler {
 	// The MCP gateway authenticates each run's agent with the run's own
 	// token; the API's bearer tokens and rate limits do not apply.
 	mux.Handle("/runs/", a.h.GatewayHandler())
-	mux.Handle("/", a.observe(http.NotFoundHandler(), a.accessLevel))
+	mux.Handle("/", a.observe(http.HandlerFunc(noEndpoint), a.accessLevel))
 	return mux
 }
 

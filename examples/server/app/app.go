@@ -300,7 +300,7 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, err
 	}
 	a.meta, a.importer, a.authHint = b.meta, b.importer, b.authHint
-	if a.mw, err = httpauth.New(b.authn, &httpauth.Options{Realm: "compatool", Logger: a.log}); err != nil {
+	if a.mw, err = httpauth.New(b.authn, &httpauth.Options{Realm: "compatool", Logger: a.log, OnError: a.authError}); err != nil {
 		return nil, err
 	}
 	a.h, err = compatool.New(compatool.Options{

@@ -405,6 +405,17 @@ func TestBadInput(t *testing.T) {
 			if got := r.header.Get("Content-Type"); got != "application/json" {
 				t.Errorf("Content-Type = %q, want application/json", got)
 			}
+			switch got := r.header.Get("WWW-Authenticate"); {
+			case (tt.code == "unauthenticated" || tt.code == "bad_request") && !strings.HasPrefix(got, `Bearer realm="compatool"`):
+				t.Errorf("WWW-Authenticate = %q, want httpauth's challenge", got)
+			case tt.code == "method_not_allowed" && r.header.Get("Allow") != "GET, HEAD, POST":
+				t.Errorf("Allow = %q, want the methods of %s", r.header.Get("Allow"), path)
+			}
+			for _, secret := range []string{tok, forged, expired} {
+				if bytes.Contains(r.body, []byte(secret)) {
+					t.Errorf("the answer echoes a token: %s", r.body)
+				}
+			}
 			var b errorBody
 			if json.Unmarshal(r.body, &b) == nil && len(b.Error.Message) < 20 {
 				t.Errorf("message %q does not say what to do", b.Error.Message)

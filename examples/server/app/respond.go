@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -199,79 +200,75 @@ func setOrg(ctx context.Context, org string) {
 	}
 }
 
-// observe gives each request an id (X-Request-Id), logs it when it ends and
-// turns the plain-text errors of net/http and httpauth (404, 405, 401, …)
-// into JSON errors.
+// observe gives each request an id (X-Request-Id) and logs it when it
+// ends.
 func (a *App) observe(next http.Handler, level slog.Level) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var b [8]byte
 		rand.Read(b[:])
 		info := &reqInfo{id: hex.EncodeToString(b[:])}
 		w.Header().Set("X-Request-Id", info.id)
-		rw := &jsonErrorWriter{ResponseWriter: w, auth: a.authHint}
+		sw := &statusWriter{ResponseWriter: w}
 		start := time.Now()
-		next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), infoKey, info)))
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), infoKey, info)))
 		a.log.Log(r.Context(), level, "request", "request_id", info.id, "method", r.Method, "path", r.URL.Path,
-			"status", rw.status, "bytes", rw.bytes, "duration_ms", float64(time.Since(start).Microseconds())/1000,
+			"status", sw.status, "bytes", sw.bytes, "duration_ms", float64(time.Since(start).Microseconds())/1000,
 			"org", info.org, "remote", r.RemoteAddr)
 	})
 }
 
-// jsonErrorWriter rewrites a plain-text error response (as http.Error writes
-// it) into a JSON error. Responses the API writes itself are JSON already
-// and pass through.
-type jsonErrorWriter struct {
+// statusWriter records the status and size of a response for the access
+// log.
+type statusWriter struct {
 	http.ResponseWriter
-	auth    string
-	status  int
-	bytes   int64
-	swallow bool
+	status int
+	bytes  int64
 }
 
-func (w *jsonErrorWriter) WriteHeader(status int) {
-	if w.status != 0 {
-		return
-	}
-	w.status = status
-	h := w.Header()
-	if status >= 400 && strings.HasPrefix(h.Get("Content-Type"), "text/plain") {
-		w.swallow = true
-		var b errorBody
-		b.Error.Code, b.Error.Message = plainError(status, w.auth)
-		h.Del("Content-Length")
-		writeJSON(w.ResponseWriter, status, b)
-		return
+func (w *statusWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
 	}
 	w.ResponseWriter.WriteHeader(status)
 }
 
-func (w *jsonErrorWriter) Write(p []byte) (int, error) {
+func (w *statusWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if w.swallow {
-		return len(p), nil
+		w.status = http.StatusOK
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.bytes += int64(n)
 	return n, err
 }
 
-func (w *jsonErrorWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// plainError says what to do about an error net/http or httpauth answered.
-func plainError(status int, authHint string) (code, message string) {
+// authError answers a request httpauth refused (its Options.OnError), in
+// the API's JSON. httpauth has set the challenge and logged the reason; err
+// never holds the token.
+func (a *App) authError(w http.ResponseWriter, r *http.Request, status int, err error) {
 	switch status {
 	case http.StatusUnauthorized:
-		return "unauthenticated", "send a valid, unexpired token as \"Authorization: Bearer <token>\"; " + authHint
+		writeError(w, errorf(status, "unauthenticated", "send a valid, unexpired token as \"Authorization: Bearer <token>\"; %s", a.authHint))
 	case http.StatusBadRequest:
-		return "bad_request", "the request is malformed; send one Authorization header, of the form \"Bearer <token>\""
-	case http.StatusNotFound:
-		return "no_endpoint", "no such endpoint; the API is listed in examples/server/README.md"
-	case http.StatusMethodNotAllowed:
-		return "method_not_allowed", "this endpoint does not take that method; the Allow header lists those it takes"
-	case http.StatusRequestEntityTooLarge:
-		return "body_too_large", "the request body is too large"
+		writeError(w, errorf(status, "bad_request", "the request is malformed; send one Authorization header, of the form \"Bearer <token>\""))
+	case http.StatusForbidden:
+		writeError(w, errorf(status, "forbidden", "the token does not grant access to this API; sign in to your organisation and send a fresh token"))
+	default:
+		a.fail(w, r, err) // logged with the request id, answered 500
 	}
-	return strings.ReplaceAll(strings.ToLower(http.StatusText(status)), " ", "_"), http.StatusText(status)
+}
+
+// noEndpoint answers a path the API does not serve.
+func noEndpoint(w http.ResponseWriter, _ *http.Request) {
+	writeError(w, errorf(http.StatusNotFound, "no_endpoint", "no such endpoint; the API is listed in examples/server/README.md"))
+}
+
+// methodNotAllowed answers a method a path does not take.
+func methodNotAllowed(methods []string) http.HandlerFunc {
+	allow := strings.Join(slices.Sorted(slices.Values(methods)), ", ")
+	return func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, errorf(http.StatusMethodNotAllowed, "method_not_allowed", "this endpoint takes %s", allow))
+	}
 }
