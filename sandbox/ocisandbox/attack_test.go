@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -36,6 +38,7 @@ func runAttackBattery(t *testing.T, runtime string) {
 		{"Privileged", attackPrivileged},
 		{"SurviveTeardown", attackSurvive},
 		{"SecondRunSeesNothing", attackSecondRun},
+		{"Compat32ABI", attackCompat32},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, s, gw) })
 	}
@@ -264,11 +267,13 @@ func attackSurvive(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 	for _, m := range []string{daemon, session, bomb, main} {
 		gw.awaitBeats(t, m, 1, inst)
 	}
-	if !strings.HasSuffix(string(inst.Logs().Stdout), "blocked fork_bomb\n") {
-		t.Errorf("fork bomb was not stopped by Limits.PIDs: stdout %q", inst.Logs().Stdout)
-	}
 	if err := inst.Destroy(context.Background()); err != nil {
 		t.Fatalf("Destroy: %v", err)
+	}
+	// Only now is stdout complete: the runtime copies it until every
+	// process of the run is gone, and may lag behind the heartbeats.
+	if !strings.HasSuffix(string(inst.Logs().Stdout), "blocked fork_bomb\n") {
+		t.Errorf("fork bomb was not stopped by Limits.PIDs: stdout %q", inst.Logs().Stdout)
 	}
 	for _, m := range []string{daemon, session, bomb, main} {
 		gw.assertQuiet(t, m)
@@ -314,16 +319,43 @@ func attackSecondRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 	}
 }
 
-// processesOf returns the pids of host processes in any cgroup of the
-// Sandbox labelled hostID.
+// attackCompat32 makes a system call through the 32-bit compat ABI, which
+// the seccomp filter (native ABI only) refuses by killing the thread.
+func attackCompat32(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the probe uses amd64's int 0x80")
+	}
+	bin, err := testimage.Build(t.Context(), t.TempDir(), testimage.Compat32Package)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Outside the sandbox the call works, or the kernel has no compat ABI
+	// to block.
+	if out, err := exec.CommandContext(t.Context(), bin).Output(); err != nil || !strings.HasPrefix(string(out), "compat32 returned") {
+		t.Skipf("this kernel runs no 32-bit system calls (ia32 emulation off?): %q %v", out, err)
+	}
+	exit, logs := runToEnd(t, s, gw.spec(t.Name(), importImage(t, s, must(testimage.CommandImage(bin)))))
+	if got := string(logs.Stdout); got != "blocked compat32\n" || exit.Code != 0 {
+		t.Errorf("compat32 probe: exit %+v, stdout %q, want \"blocked compat32\" (stderr %q)", exit, got, logs.Stderr)
+	}
+}
+
+// processesOf returns the pids of live host processes in any cgroup of the
+// Sandbox labelled hostID. Zombies are dead: one whose parent died waits
+// for the host's init to reap it.
 func processesOf(hostID string) []string {
 	entries, _ := os.ReadDir("/proc")
 	var out []string
 	for _, e := range entries {
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if err == nil && strings.Contains(string(b), "/compatool-ocisandbox/"+hostID+"/") {
-			out = append(out, e.Name())
+		if err != nil || !strings.Contains(string(b), "/compatool-ocisandbox/"+hostID+"/") {
+			continue
 		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) && strings.ContainsRune("ZX", rune(stat[i+2])) {
+			continue
+		}
+		out = append(out, e.Name())
 	}
 	return out
 }

@@ -7,9 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -109,7 +111,68 @@ func waitCgroupEmpty(dir string) {
 	}
 }
 
-type mountEntry struct{ point, fstype string }
+// primeCgroupAttach moves the calling goroutine's thread into the cgroup
+// it is already in, which changes nothing but primes a kernel lock. Every
+// move of a task between cgroups takes the global cgroup_threadgroup_rwsem
+// for writing; when it was idle, the writer first waits for an RCU grace
+// period (5–10 ms measured here), and writers that follow within about
+// another grace period pass at once. The runtime's cgroup.procs writes, a
+// few milliseconds later and on the critical path of Start (the
+// container's init waits for them), then find the lock primed. Callers
+// ignore the error: without priming, those writes are only slower.
+func primeCgroupAttach() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b, err := os.ReadFile("/proc/thread-self/cgroup")
+	if err != nil {
+		return err
+	}
+	tid := []byte(strconv.Itoa(unix.Gettid()))
+	errs := []error{errors.New("no cgroup hierarchy of this thread found")}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		// hierarchy-ID:controllers:path; "0::path" is cgroup v2.
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, m := range cgroupHierarchies() {
+			var file string
+			switch {
+			case f[0] == "0" && m.fstype == "cgroup2":
+				file = "cgroup.threads" // moves the one thread written
+			case f[0] != "0" && m.fstype == "cgroup" && hasAll(m.opts, f[1]):
+				file = "tasks" // likewise in cgroup v1
+			default:
+				continue
+			}
+			err := os.WriteFile(filepath.Join(m.point, f[2], file), tid, 0)
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupHierarchies lists the mounted cgroup hierarchies once: they are
+// mounted at boot, and a stale list would only make priming fail.
+var cgroupHierarchies = sync.OnceValue(func() []mountEntry {
+	return slices.DeleteFunc(mountInfo(), func(m mountEntry) bool { return m.fstype != "cgroup" && m.fstype != "cgroup2" })
+})
+
+// hasAll reports whether every comma-separated item of want is one of have.
+func hasAll(have, want string) bool {
+	items := strings.Split(have, ",")
+	for w := range strings.SplitSeq(want, ",") {
+		if !slices.Contains(items, w) {
+			return false
+		}
+	}
+	return want != ""
+}
+
+type mountEntry struct{ point, fstype, opts string }
 
 // mountInfo parses /proc/self/mountinfo.
 func mountInfo() []mountEntry {
@@ -127,7 +190,11 @@ func mountInfo() []mountEntry {
 		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
 			continue
 		}
-		out = append(out, mountEntry{point: unescapeMount(fields[4]), fstype: fields[sep+1]})
+		e := mountEntry{point: unescapeMount(fields[4]), fstype: fields[sep+1]}
+		if sep+3 < len(fields) {
+			e.opts = fields[sep+3]
+		}
+		out = append(out, e)
 	}
 	return out
 }

@@ -97,6 +97,12 @@ func importProgram(t testing.TB, s *ocisandbox.Sandbox, p sandboxtest.Program, e
 	if err != nil {
 		t.Fatal(err)
 	}
+	return importImage(t, s, img)
+}
+
+// importImage writes img as a `docker save` archive and imports it.
+func importImage(t testing.TB, s *ocisandbox.Sandbox, img v1.Image) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "image.tar")
 	if err := testimage.WriteArchive(path, "sandboxtest/agent:latest", img); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"net"
 	"net/url"
@@ -110,6 +111,8 @@ type instance struct {
 // provision builds and starts the container; the caller tears down on error.
 func (i *instance) provision(ctx context.Context, im *image, spec sandbox.Spec, limits sandbox.Limits) error {
 	s := i.s
+	// The runtime moves the container into its cgroups some 8 ms from now.
+	go func() { _ = primeCgroupAttach() }()
 	if err := os.Mkdir(i.runDir, 0o711); err != nil {
 		return err
 	}
@@ -260,8 +263,12 @@ func (i *instance) teardown() error {
 		var errs []error
 		ctx, cancel := context.WithTimeout(context.Background(), i.s.opts.DestroyGrace)
 		defer cancel()
-		if err := i.rt.Delete(ctx, i.id, &runc.DeleteOpts{Force: true}); err != nil && !notExist(err) {
-			errs = append(errs, fmt.Errorf("delete container: %w", err))
+		// A foreground runtime deletes its container's state when the
+		// container ends; only a container it left behind needs a delete.
+		if _, err := os.Stat(filepath.Join(i.rt.Root, i.id)); !errors.Is(err, fs.ErrNotExist) {
+			if err := i.rt.Delete(ctx, i.id, &runc.DeleteOpts{Force: true}); err != nil && !notExist(err) {
+				errs = append(errs, fmt.Errorf("delete container: %w", err))
+			}
 		}
 		if i.relay != nil {
 			i.relay.close()
@@ -313,9 +320,14 @@ func (i *instance) Logs() sandbox.Logs {
 func (i *instance) Destroy(context.Context) error {
 	i.destroyOnce.Do(func() {
 		i.mu.Lock()
-		i.destroyed = !i.ended
+		ended := i.ended
+		i.destroyed = !ended
 		i.mu.Unlock()
-		i.kill()
+		// Once the runtime has returned, its container's init is dead (and
+		// with it the pid namespace) and finish has torn the rest down.
+		if !ended {
+			i.kill()
+		}
 		t := time.NewTimer(i.s.opts.DestroyGrace)
 		defer t.Stop()
 		select {

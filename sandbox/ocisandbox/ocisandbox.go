@@ -19,9 +19,11 @@
 // Every run gets new pid, mount, ipc, uts, cgroup and network namespaces
 // and, where the kernel allows, a user namespace (container root is an
 // unprivileged host uid); no capabilities; no_new_privileges; the Docker
-// default seccomp profile minus ptrace and process_vm_*; masked and
-// read-only /proc paths; no /sys; cgroup limits on memory (no swap), pids and
-// CPU from [sandbox.Limits]. Its root filesystem is an overlay of the cached
+// default seccomp profile minus ptrace and process_vm_*, for the native
+// system call ABI only (a 32-bit or x32 system call kills its thread, so
+// images with 32-bit binaries do not run); masked and read-only /proc
+// paths; no /sys; cgroup limits on memory (no swap), pids and CPU from
+// [sandbox.Limits]. Its root filesystem is an overlay of the cached
 // image (read-only) and a fresh writable layer on a size-limited tmpfs
 // (Options.LayerBytes; a copy of the image on that tmpfs where overlayfs is
 // unavailable), unmounted when the run ends.

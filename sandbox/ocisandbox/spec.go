@@ -121,6 +121,13 @@ func buildSpec(im *image, r runSpec) (*specs.Spec, error) {
 		}
 	}
 	sc.Syscalls = slices.DeleteFunc(sc.Syscalls, func(c specs.LinuxSyscall) bool { return len(c.Names) == 0 })
+	// The profile lists the native ABI first, then the compat ones (i386
+	// and x32 on amd64, arm on arm64). Keeping only the native one makes a
+	// compat system call (int 0x80, a 32-bit binary) kill its thread
+	// instead of reaching the kernel's least-exercised entry points, and
+	// cuts the runtime's filter compilation from ~13 ms to ~3 ms, most of
+	// the i386 cost being its multiplexed socketcall and ipc rules.
+	sc.Architectures = sc.Architectures[:min(len(sc.Architectures), 1)]
 	s.Linux.Seccomp = sc
 	return s, nil
 }

@@ -1,6 +1,7 @@
 // Package testimage builds the small container images that ocisandbox's
 // tests and benchmark run: the sandboxtest agent, built static, in a
-// one-layer image whose config carries the agent's program.
+// one-layer image whose config carries the agent's program, and one-binary
+// images of probes such as compat32.
 package testimage
 
 import (
@@ -13,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"time"
@@ -28,20 +30,56 @@ import (
 // AgentPackage is the import path of the interpreter binary.
 const AgentPackage = "github.com/compatool/compatool/sandbox/sandboxtest/agent"
 
+// Compat32Package is the import path of a command that tries one system
+// call through the 32-bit compat ABI (see its package comment).
+const Compat32Package = "github.com/compatool/compatool/sandbox/ocisandbox/internal/testimage/compat32"
+
 // BuildAgent builds the sandboxtest agent with CGO_ENABLED=0 into dir and
 // returns the binary's path. It needs the go command and this module.
 func BuildAgent(ctx context.Context, dir string) (string, error) {
+	return Build(ctx, dir, AgentPackage)
+}
+
+// Build builds the command pkg of this module with CGO_ENABLED=0 into dir
+// and returns the binary's path. It needs the go command.
+func Build(ctx context.Context, dir, pkg string) (string, error) {
 	gotool, err := exec.LookPath("go")
 	if err != nil {
-		return "", fmt.Errorf("the go command is needed to build the test agent: %w", err)
+		return "", fmt.Errorf("the go command is needed to build %s: %w", pkg, err)
 	}
-	bin := filepath.Join(dir, "agent")
-	cmd := exec.CommandContext(ctx, gotool, "build", "-trimpath", "-ldflags=-s -w", "-o", bin, AgentPackage)
+	bin := filepath.Join(dir, path.Base(pkg))
+	cmd := exec.CommandContext(ctx, gotool, "build", "-trimpath", "-ldflags=-s -w", "-o", bin, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build %s: %v\n%s", AgentPackage, err, out)
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin, nil
+}
+
+// CommandImage returns a one-layer image whose entrypoint is a copy of
+// the static binary at bin.
+func CommandImage(bin string) (v1.Image, error) {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, err
+	}
+	name := filepath.Base(bin)
+	layer, err := Layer(File{Name: name, Mode: 0o755, Data: data})
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config.Entrypoint = []string{"/" + name}
+	return mutate.ConfigFile(img, cf)
 }
 
 // File is one entry of a layer built by [Layer].
