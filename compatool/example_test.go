@@ -13,7 +13,6 @@ import (
 	"github.com/compatool/compatool/compatool"
 	"github.com/compatool/compatool/examples/agents/scripted"
 	"github.com/compatool/compatool/examples/tasks/notes"
-	"github.com/compatool/compatool/sandbox"
 	"github.com/compatool/compatool/sandbox/memsandbox"
 	"github.com/compatool/compatool/storage"
 	"github.com/compatool/compatool/storage/envelope"
@@ -25,12 +24,7 @@ import (
 func Example() {
 	ctx := context.Background()
 	agent := func(ctx context.Context, env *memsandbox.Env) int {
-		err := scripted.Solve(ctx, scripted.Config{
-			MCPURL:     env.Getenv(sandbox.EnvMCPURL),
-			Token:      env.Getenv(sandbox.EnvMCPToken),
-			Goal:       env.Getenv(sandbox.EnvGoal),
-			HTTPClient: env.HTTPClient(),
-		})
+		err := scripted.Solve(ctx, scripted.FromEnv(env.Getenv, env.HTTPClient()))
 		if err != nil {
 			return 1
 		}

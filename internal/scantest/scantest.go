@@ -50,12 +50,7 @@ func Pipeline(t testing.TB, meta storage.MetadataStore, ts storage.TranscriptSto
 		mu.Lock()
 		tokens[env.Getenv(sandbox.EnvRunID)] = env.Getenv(sandbox.EnvMCPToken)
 		mu.Unlock()
-		err := scripted.Solve(ctx, scripted.Config{
-			MCPURL:     env.Getenv(sandbox.EnvMCPURL),
-			Token:      env.Getenv(sandbox.EnvMCPToken),
-			Goal:       env.Getenv(sandbox.EnvGoal),
-			HTTPClient: env.HTTPClient(),
-		})
+		err := scripted.Solve(ctx, scripted.FromEnv(env.Getenv, env.HTTPClient()))
 		if err != nil {
 			fmt.Fprintln(env.Stderr(), err)
 			return 1

@@ -29,11 +29,7 @@ func main() {
 }
 
 func run(ctx context.Context) int {
-	cfg := scripted.Config{
-		MCPURL: os.Getenv(sandbox.EnvMCPURL),
-		Token:  os.Getenv(sandbox.EnvMCPToken),
-		Goal:   os.Getenv(sandbox.EnvGoal),
-	}
+	cfg := scripted.FromEnv(os.Getenv, nil)
 	if cfg.MCPURL == "" || cfg.Token == "" || cfg.Goal == "" {
 		fmt.Fprintf(os.Stderr, "notesagent: %s, %s and %s must be set; Compatool's sandbox sets them for each run\n",
 			sandbox.EnvMCPURL, sandbox.EnvMCPToken, sandbox.EnvGoal)

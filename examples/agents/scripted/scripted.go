@@ -14,6 +14,8 @@ import (
 	"strconv"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/compatool/compatool/sandbox"
 )
 
 // Config is what the agent gets from its environment.
@@ -23,6 +25,18 @@ type Config struct {
 	Goal   string
 	// HTTPClient reaches MCPURL; nil means http.DefaultClient's transport.
 	HTTPClient *http.Client
+}
+
+// FromEnv reads the agent's configuration from the environment contract
+// (COMPATOOL_MCP_URL, COMPATOOL_MCP_TOKEN, COMPATOOL_GOAL) through getenv;
+// hc reaches the MCP URL (nil for the default transport).
+func FromEnv(getenv func(string) string, hc *http.Client) Config {
+	return Config{
+		MCPURL:     getenv(sandbox.EnvMCPURL),
+		Token:      getenv(sandbox.EnvMCPToken),
+		Goal:       getenv(sandbox.EnvGoal),
+		HTTPClient: hc,
+	}
 }
 
 const quoted = `("(?:[^"\\]|\\.)*")`

@@ -97,10 +97,7 @@ func TestNoPlaintextAtRest(t *testing.T) {
 				mu.Unlock()
 				// A careless agent echoes its secrets.
 				fmt.Fprintln(env.Stdout(), env.Getenv(sandbox.EnvGoal), env.Getenv(sandbox.EnvMCPToken))
-				err := scripted.Solve(ctx, scripted.Config{
-					MCPURL: env.Getenv(sandbox.EnvMCPURL), Token: env.Getenv(sandbox.EnvMCPToken),
-					Goal: env.Getenv(sandbox.EnvGoal), HTTPClient: env.HTTPClient(),
-				})
+				err := scripted.Solve(ctx, scripted.FromEnv(env.Getenv, env.HTTPClient()))
 				if err != nil {
 					return 1
 				}
