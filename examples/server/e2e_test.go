@@ -429,6 +429,22 @@ func scenario(t *testing.T, b backends) {
 		t.Errorf("audit log after erasure has %d records, want 2", len(got.Items))
 	}
 
+	// An image that one submission alone uses leaves the data directory
+	// with it; the reference agent's image, which org B still uses and
+	// whose layers it shares, stays.
+	withoutUnique := imageFiles(t, s.data)
+	subU := decode[app.Submission](t, s.uploadBytes(tokA, `{"agent_name": "unique image", "task_set": "notes"}`, uniqueArchive(t)), http.StatusCreated)
+	s.wait(tokA, subU.ID)
+	if added := imageFiles(t, s.data); len(added) < len(withoutUnique)+3 {
+		t.Errorf("image files after uploading an image with a layer of its own: %v; want its config, root filesystem and record added to %v", added, withoutUnique)
+	}
+	if r := s.do("DELETE", "/v1/submissions/"+subU.ID, tokA, "", nil); r.status != http.StatusNoContent {
+		t.Fatalf("erase = %s", r)
+	}
+	if diff := cmp.Diff(withoutUnique, imageFiles(t, s.data)); diff != "" {
+		t.Errorf("image files after erasing the only submission of an image (-before its upload +after):\n%s", diff)
+	}
+
 	// A second submission survives a restart with the embedded stores.
 	sub2 := s.upload(tokA, "notesagent again", false)
 	s.wait(tokA, sub2.ID)
@@ -634,6 +650,51 @@ func traversalArchive(t *testing.T) []byte {
 	}
 	var out bytes.Buffer
 	if err := tarball.Write(name.MustParseReference("evil/evil:1"), img, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// imageFiles lists what the data directory holds of images: the
+// sandbox's image configs and root filesystems, and the server's image
+// records.
+func imageFiles(t *testing.T, data string) []string {
+	t.Helper()
+	var out []string
+	for _, dir := range []string{"images/images", "images/rootfs", "image-refs"} {
+		entries, err := os.ReadDir(filepath.Join(data, dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			out = append(out, dir+"/"+e.Name())
+		}
+	}
+	return out
+}
+
+// uniqueArchive is the reference agent's image with one more layer: an
+// image of its own, with a root filesystem of its own.
+func uniqueArchive(t *testing.T) []byte {
+	img, err := tarball.ImageFromPath(agentArchive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	data := []byte("a file only this image has")
+	tw.WriteHeader(&tar.Header{Name: "unique", Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
+	tw.Write(data)
+	tw.Close()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layer.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.AppendLayers(img, l); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := tarball.Write(name.MustParseReference("compatool/unique:1"), img, &out); err != nil {
 		t.Fatal(err)
 	}
 	return out.Bytes()

@@ -3,10 +3,13 @@ package ocisandbox_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/compatool/compatool/sandbox/ocisandbox"
 	"github.com/compatool/compatool/sandbox/ocisandbox/internal/benchrun"
+	"github.com/compatool/compatool/sandbox/sandboxtest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -29,11 +32,15 @@ func BenchmarkStart(b *testing.B) {
 	b.ReportMetric(float64(benchrun.Percentile(firsts, 90).Microseconds())/1000, "first-req-p90-ms")
 }
 
-// TestConcurrentNoLeaks runs 20 instances at once and checks that the host
-// has the same mounts, namespaces, cgroups and runtime processes after as
-// before.
+// TestConcurrentNoLeaks runs 20 instances at once and checks that the
+// Sandbox holds the same mounts, namespaces, cgroups and processes after as
+// before. It counts only what belongs to this Sandbox: other packages'
+// tests start and end sandboxes on the same host meanwhile.
 func TestConcurrentNoLeaks(t *testing.T) {
-	s := newSandbox(t, "runc", nil)
+	root := traversableDir(t)
+	opts := &ocisandbox.Options{StateDir: filepath.Join(root, "state"), CacheDir: filepath.Join(root, "cache")}
+	s := newSandbox(t, "runc", opts)
+	owner := benchrun.Owner{HostID: s.HostID(), Dirs: []string{opts.StateDir, opts.CacheDir}}
 	g := benchrun.NewGateway()
 	defer g.Close()
 	img := importProgram(t, s, benchrun.Program)
@@ -42,11 +49,33 @@ func TestConcurrentNoLeaks(t *testing.T) {
 	if _, err := benchrun.Run(t.Context(), s, g, "warm-up", img); err != nil {
 		t.Fatal(err)
 	}
-	before := benchrun.Count(s.Runtime())
+	before := benchrun.CountOwned(owner)
+	if want := (benchrun.Resources{Cgroups: before.Cgroups}); before != want || before.Cgroups == 0 {
+		t.Fatalf("before the concurrent runs, the Sandbox holds %+v; want only its parent cgroup", before)
+	}
+	// A live run shows in the count, so that an unchanged count below
+	// means something.
+	gw := newGateway(t)
+	const beat = "no-leaks-probe"
+	inst, err := s.Start(t.Context(), gw.spec("probe", importProgram(t, s, sandboxtest.Program{{Op: "heartbeat", Text: beat}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.awaitBeats(t, beat, 1, inst)
+	during := benchrun.CountOwned(owner)
+	if err := inst.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if during.Mounts < 3 || during.NetNS != 1 || during.Processes < 2 || during.Cgroups <= before.Cgroups {
+		t.Errorf("with one run live, counted %+v: want its writable layer, root filesystem and network namespace mounts, the runtime and the agent, and its cgroup", during)
+	}
 	if err := benchrun.Concurrent(t.Context(), s, g, img, 20); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(before, benchrun.Count(s.Runtime())); diff != "" {
-		t.Errorf("host resources after 20 concurrent runs (-before +after):\n%s", diff)
+	if diff := cmp.Diff(before, benchrun.CountOwned(owner)); diff != "" {
+		t.Errorf("resources of the Sandbox after 20 concurrent runs (-before +after):\n%s", diff)
+	}
+	if live := s.Live(); len(live) != 0 {
+		t.Errorf("Live() = %v after every run ended", live)
 	}
 }

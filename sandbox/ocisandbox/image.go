@@ -33,6 +33,7 @@ var errTooLarge = errors.New("image exceeds the size limit")
 type image struct {
 	id     string // "sha256:<hex>" of the config
 	config v1.ConfigFile
+	chain  string // chain ID of its layers, shared by images with the same layers
 	rootfs string
 }
 
@@ -238,7 +239,16 @@ func (s *Sandbox) importImage(ctx context.Context, img v1.Image) (*image, error)
 	if total > s.opts.MaxImageBytes {
 		return nil, fmt.Errorf("%w: image %s has %d bytes of layers, over Options.MaxImageBytes (%d)", ErrImageTooLarge, id, total, s.opts.MaxImageBytes)
 	}
-	rootfs := s.rootfsPath(cfg.RootFS.DiffIDs)
+	chain := chainID(cfg.RootFS.DiffIDs)
+	rootfs := s.rootfsPath(chain)
+	// The chain's lock keeps RemoveImage of an image with the same layers
+	// from removing the root filesystem between unpack and the config
+	// that keeps it.
+	unlock, err := s.lockChain(ctx, chain)
+	if err != nil {
+		return nil, fmt.Errorf("ocisandbox: image %s: %w", id, err)
+	}
+	defer unlock()
 	if err := s.unpack(ctx, rootfs, layers, cfg.RootFS.DiffIDs); err != nil {
 		if errors.Is(err, errTooLarge) {
 			return nil, fmt.Errorf("%w: image %s unpacks to more than Options.MaxImageBytes (%d)", ErrImageTooLarge, id, s.opts.MaxImageBytes)
@@ -248,7 +258,11 @@ func (s *Sandbox) importImage(ctx context.Context, img v1.Image) (*image, error)
 	if err := writeFileAtomic(s.imageConfigPath(id), raw); err != nil {
 		return nil, fmt.Errorf("ocisandbox: image %s: %w", id, err)
 	}
-	im := &image{id: id, config: *cfg, rootfs: rootfs}
+	// Imported again after RemoveImage: the image is back.
+	if err := os.Remove(s.tombstonePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("ocisandbox: image %s: %w", id, err)
+	}
+	im := &image{id: id, config: *cfg, chain: chain, rootfs: rootfs}
 	s.mu.Lock()
 	s.images[id] = im
 	s.mu.Unlock()
@@ -259,18 +273,37 @@ func (s *Sandbox) importImage(ctx context.Context, img v1.Image) (*image, error)
 // an earlier process.
 func (s *Sandbox) lookupImage(id string) (*image, error) {
 	s.mu.Lock()
-	im := s.images[id]
-	s.mu.Unlock()
-	if im != nil {
+	defer s.mu.Unlock()
+	return s.loadImageLocked(id)
+}
+
+// acquireImage returns an imported image and counts one more run of its
+// root filesystem; releaseImage undoes it.
+func (s *Sandbox) acquireImage(id string) (*image, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	im, err := s.loadImageLocked(id)
+	if err != nil {
+		return nil, err
+	}
+	s.users[im.rootfs]++
+	return im, nil
+}
+
+// loadImageLocked returns an image from memory, or from the cache, which it
+// reads with s.mu held so that RemoveImage (which takes s.mu to retire an
+// image) never interleaves with it.
+func (s *Sandbox) loadImageLocked(id string) (*image, error) {
+	if im := s.images[id]; im != nil {
 		return im, nil
 	}
-	hexID, ok := strings.CutPrefix(id, "sha256:")
-	if !ok || len(hexID) != 64 || strings.Trim(hexID, "0123456789abcdef") != "" {
-		return nil, fmt.Errorf("%w: ocisandbox: %q is not an image ID; name images by the sha256:<hex> that Import returns", sandbox.ErrImageNotFound, id)
+	hexID, err := parseImageID(id)
+	if err != nil {
+		return nil, err
 	}
 	raw, err := os.ReadFile(s.imageConfigPath(id))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: ocisandbox: %s was never imported; import it with ImportArchive, ImportDaemon or Import", sandbox.ErrImageNotFound, id)
+		return nil, fmt.Errorf("%w: ocisandbox: %s was never imported or was removed; import it with ImportArchive, ImportDaemon or Import", sandbox.ErrImageNotFound, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ocisandbox: image %s: %w", id, err)
@@ -282,25 +315,42 @@ func (s *Sandbox) lookupImage(id string) (*image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ocisandbox: image %s: parse config: %w", id, err)
 	}
-	rootfs := s.rootfsPath(cfg.RootFS.DiffIDs)
+	chain := chainID(cfg.RootFS.DiffIDs)
+	rootfs := s.rootfsPath(chain)
 	if _, err := os.Stat(rootfs); err != nil {
 		return nil, fmt.Errorf("%w: ocisandbox: root filesystem of %s is missing from the cache; import it again", sandbox.ErrImageNotFound, id)
 	}
-	im = &image{id: id, config: *cfg, rootfs: rootfs}
-	s.mu.Lock()
+	im := &image{id: id, config: *cfg, chain: chain, rootfs: rootfs}
 	s.images[id] = im
-	s.mu.Unlock()
 	return im, nil
+}
+
+// parseImageID returns the hex digest of an image ID; anything else is not
+// an image ID, and never becomes a path.
+func parseImageID(id string) (string, error) {
+	hexID, ok := strings.CutPrefix(id, "sha256:")
+	if !ok || len(hexID) != 64 || strings.Trim(hexID, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("%w: ocisandbox: %q is not an image ID; name images by the sha256:<hex> that Import returns", sandbox.ErrImageNotFound, id)
+	}
+	return hexID, nil
 }
 
 func (s *Sandbox) imageConfigPath(id string) string {
 	return filepath.Join(s.cacheDir, "images", strings.TrimPrefix(id, "sha256:")+".json")
 }
 
-// rootfsPath is the cache directory of the root filesystem made of
-// diffIDs: named by their chain ID (and the user-namespace shift, which
-// changes file owners), so images sharing all layers share it.
-func (s *Sandbox) rootfsPath(diffIDs []v1.Hash) string {
+// tombstonePath is where RemoveImage moves an image's config until the
+// image's root filesystem is gone, so that a removal cut short (by a crash,
+// or by runs still using it) can be finished by RemoveImage again.
+func (s *Sandbox) tombstonePath(id string) string {
+	return filepath.Join(s.cacheDir, "images", strings.TrimPrefix(id, "sha256:")+tombstoneExt)
+}
+
+const tombstoneExt = ".removed"
+
+// chainID identifies the root filesystem made of diffIDs, so images sharing
+// all layers share it.
+func chainID(diffIDs []v1.Hash) string {
 	chain := "empty"
 	for i, d := range diffIDs {
 		if i == 0 {
@@ -310,26 +360,34 @@ func (s *Sandbox) rootfsPath(diffIDs []v1.Hash) string {
 		sum := sha256.Sum256([]byte("sha256:" + chain + " " + d.String()))
 		chain = hex.EncodeToString(sum[:])
 	}
+	return chain
+}
+
+// rootfsPath is the cache directory of a chain's root filesystem: named by
+// the chain ID and the user-namespace shift, which changes file owners.
+func (s *Sandbox) rootfsPath(chain string) string {
 	if s.idShift != 0 {
 		chain = fmt.Sprintf("%s-u%d", chain, s.idShift)
 	}
 	return filepath.Join(s.cacheDir, "rootfs", chain)
 }
 
-// unpack extracts layers into rootfs unless it is already there. An
-// exclusive file lock serialises unpackers of the same rootfs, in this and
-// other processes; the rootfs appears by an atomic rename only when
-// complete, so a crash leaves at most a partial directory, which the next
-// unpacker removes.
+// lockChain takes the chain's lock, which serialises unpacking it, writing
+// the config of an image made of it, and removing it, in this and other
+// processes sharing the cache.
+func (s *Sandbox) lockChain(ctx context.Context, chain string) (unlock func(), err error) {
+	return lockFile(ctx, s.chainLockPath(chain))
+}
+
+func (s *Sandbox) chainLockPath(chain string) string {
+	return filepath.Join(s.cacheDir, "rootfs", chain+".lock")
+}
+
+// unpack extracts layers into rootfs unless it is already there; the
+// caller holds the chain's lock. The rootfs appears by an atomic rename
+// only when complete, so a crash leaves at most a partial directory, which
+// the next unpacker removes.
 func (s *Sandbox) unpack(ctx context.Context, rootfs string, layers []v1.Layer, diffIDs []v1.Hash) error {
-	if _, err := os.Stat(rootfs); err == nil {
-		return nil
-	}
-	unlock, err := lockFile(ctx, rootfs+".lock")
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	if _, err := os.Stat(rootfs); err == nil {
 		return nil
 	}
@@ -506,24 +564,32 @@ func writeFileAtomic(path string, data []byte) error {
 }
 
 // lockFile takes an exclusive flock on path, waiting for ctx. Locks of
-// separate opens conflict even within one process.
+// separate opens conflict even within one process. A holder may remove
+// the file before unlocking (collect does); a lock won on a removed file
+// guards nothing, so lockFile then locks the file now at path.
 func lockFile(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	done := make(chan error, 1)
-	go func() { done <- unix.Flock(int(f.Fd()), unix.LOCK_EX) }()
-	select {
-	case err := <-done:
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
+			return nil, err
 		}
-		return func() { f.Close() }, nil
-	case <-ctx.Done():
-		// Closing the file releases the lock if the goroutine gets it later.
-		go func() { <-done; f.Close() }()
-		return nil, ctx.Err()
+		done := make(chan error, 1)
+		go func() { done <- unix.Flock(int(f.Fd()), unix.LOCK_EX) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				f.Close()
+				return nil, fmt.Errorf("lock %s: %w", path, err)
+			}
+		case <-ctx.Done():
+			// Closing the file releases the lock if the goroutine gets it later.
+			go func() { <-done; f.Close() }()
+			return nil, ctx.Err()
+		}
+		var held, now unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(path, &now) == nil && held.Dev == now.Dev && held.Ino == now.Ino {
+			return func() { f.Close() }, nil
+		}
+		f.Close()
 	}
 }

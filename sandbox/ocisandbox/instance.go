@@ -43,7 +43,9 @@ func (s *Sandbox) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instanc
 	if closed {
 		return nil, errors.New("ocisandbox: start: the Sandbox is closed")
 	}
-	im, err := s.lookupImage(spec.Image)
+	// Held until teardown, so that RemoveImage leaves the image's root
+	// filesystem to the run.
+	im, err := s.acquireImage(spec.Image)
 	if err != nil {
 		return nil, err
 	}
@@ -51,14 +53,18 @@ func (s *Sandbox) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instanc
 	id := fmt.Sprintf("%s-%s-%d", runIDLabel(spec.RunID), s.hostID, s.seq.Add(1))
 	runDir := filepath.Join(s.hostDir, "runs", id)
 	inst := &instance{
-		s: s, id: id, runDir: runDir,
+		s: s, id: id, runDir: runDir, image: im,
 		rt:     s.runtimeClient(filepath.Join(runDir, "runtime.log")),
 		stdout: &logBuffer{limit: limits.LogBytes},
 		stderr: &logBuffer{limit: limits.LogBytes},
 		done:   make(chan struct{}),
 	}
 	if err := inst.provision(ctx, im, spec, limits); err != nil {
-		inst.teardown()
+		// provision has stopped the runtime if it launched it; teardown
+		// removes the rest, and whatever a stuck runtime made.
+		if terr := inst.teardown(); terr != nil {
+			err = errors.Join(err, terr)
+		}
 		return nil, fmt.Errorf("ocisandbox: start %s: %w", id, err)
 	}
 	s.mu.Lock()
@@ -88,10 +94,14 @@ type instance struct {
 	s      *Sandbox
 	id     string
 	runDir string
+	image  *image // acquired; released by teardown
 	rt     *runc.Runc
 	stdout *logBuffer
 	stderr *logBuffer
 	relay  *relay
+	// stopRuntime kills the runtime process (not the container); set
+	// before the runtime is launched.
+	stopRuntime context.CancelFunc
 
 	mu        sync.Mutex
 	timer     *time.Timer
@@ -101,6 +111,11 @@ type instance struct {
 
 	done chan struct{} // closed when the runtime process has ended
 	exit sandbox.Exit  // set before done is closed
+	// ran reports that the container's process existed (its pid file was
+	// written); startMsg is the runtime's explanation when it did not. Both
+	// are set before done is closed, before teardown removes the run dir.
+	ran      bool
+	startMsg string
 
 	teardownOnce sync.Once
 	teardownErr  error
@@ -153,31 +168,79 @@ func (i *instance) provision(ctx context.Context, im *image, spec sandbox.Spec, 
 
 // run starts the runtime in the foreground (it stays the container's
 // parent and reports its exit) and waits until the container's process
-// exists, the runtime fails, or ctx is done.
+// exists, the runtime fails, or ctx is done. In the last case the runtime
+// may be creating the container at that very moment, so run stops it (see
+// abort) before it returns: nothing the runtime makes may outlive Start.
 func (i *instance) run(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	pidFile := filepath.Join(i.runDir, "pid")
 	watch, err := watchFile(pidFile)
 	if err != nil {
 		return err
 	}
 	defer watch.close()
+	rctx, stop := context.WithCancel(context.Background())
+	i.stopRuntime = stop
 	go func() {
-		status, err := i.rt.Run(context.Background(), i.id, i.runDir, &runc.CreateOpts{IO: runIO{i.stdout, i.stderr}, PidFile: pidFile})
+		status, err := i.rt.Run(rctx, i.id, i.runDir, &runc.CreateOpts{IO: runIO{i.stdout, i.stderr}, PidFile: pidFile})
+		stop()
 		i.finish(status, err)
 	}()
 	select {
 	case <-watch.ready:
 		return nil
 	case <-i.done:
+		if i.ran { // a fast agent: it ran and ended before the watch fired
+			return nil
+		}
 		return i.startError()
 	case <-ctx.Done():
+		i.abort(watch.ready)
 		return ctx.Err()
+	}
+}
+
+// abort ends a start that was given up after the runtime was launched, the
+// way Destroy ends a run: it lets the runtime get as far as the container's
+// process and kills every process of the container (or lets the runtime
+// fail), then waits for the runtime to return, which tears the run down.
+// Each step is bounded by Options.DestroyGrace; a runtime that overruns it
+// is killed itself, and if even that does not end it, the caller's
+// teardown kills the run's cgroup and force-deletes the container.
+func (i *instance) abort(ready <-chan struct{}) {
+	i.s.log.Debug("ocisandbox: start cancelled; stopping the runtime", "instance", i.id)
+	grace := time.NewTimer(i.s.opts.DestroyGrace)
+	defer grace.Stop()
+	select {
+	case <-i.done:
+		return
+	case <-ready:
+		i.s.log.Debug("ocisandbox: the container started after the cancellation; killing it", "instance", i.id)
+		i.kill()
+	case <-grace.C:
+		i.s.log.Warn("ocisandbox: the runtime neither started nor failed within the grace period after a cancelled start; killing it", "instance", i.id, "grace", i.s.opts.DestroyGrace)
+		i.stopRuntime()
+	}
+	grace.Reset(i.s.opts.DestroyGrace)
+	select {
+	case <-i.done:
+		return
+	case <-grace.C:
+		i.stopRuntime()
+	}
+	grace.Reset(i.s.opts.DestroyGrace)
+	select {
+	case <-i.done:
+	case <-grace.C:
+		i.s.log.Error("ocisandbox: the killed runtime did not return; removing the run's cgroup and container without it", "instance", i.id)
 	}
 }
 
 // startError explains why the runtime ended before the container ran.
 func (i *instance) startError() error {
-	msg := runtimeMessage(filepath.Join(i.runDir, "runtime.log"), i.stderr.String())
+	msg := i.startMsg
 	name := filepath.Base(i.s.runtime)
 	if strings.Contains(msg, "hybrid") || strings.Contains(msg, "not supported") {
 		return fmt.Errorf("%w: %s: %s; use runc on hybrid cgroup hosts (Options.Runtime = \"runc\")", ErrRuntimeUnsupported, name, msg)
@@ -227,6 +290,14 @@ func (i *instance) finish(status int, err error) {
 		i.timer.Stop()
 	}
 	i.mu.Unlock()
+	if _, serr := os.Stat(filepath.Join(i.runDir, "pid")); serr == nil {
+		i.ran = true
+	} else {
+		i.startMsg = runtimeMessage(filepath.Join(i.runDir, "runtime.log"), i.stderr.String())
+		if i.startMsg == "" {
+			i.startMsg = fmt.Sprintf("the runtime exited with status %d (%v) and said nothing", status, err)
+		}
+	}
 	// Resources go as soon as the run ends, whether or not Destroy comes.
 	i.teardown()
 	i.exit = exit
@@ -278,6 +349,7 @@ func (i *instance) teardown() error {
 		if err := os.RemoveAll(i.runDir); err != nil {
 			errs = append(errs, err)
 		}
+		i.s.releaseImage(i.image)
 		i.teardownErr = errors.Join(errs...)
 		if i.teardownErr != nil {
 			i.s.log.Error("ocisandbox: teardown incomplete; Reap from a new Sandbox will finish it", "instance", i.id, "err", i.teardownErr)

@@ -12,7 +12,9 @@
 // chain ID; no layer entry, symlink or hard link can write outside it. A run
 // names its image by image ID ("sha256:<hex>" of the config, as Import
 // returns it). Entrypoint, Cmd, Env, User and WorkingDir come from the
-// image config.
+// image config. [Sandbox.RemoveImage] deletes an image, and its root
+// filesystem unless another image has the same layers; live runs of it
+// keep that until they end.
 //
 // # Isolation
 //
@@ -42,7 +44,9 @@
 //
 // When the agent exits, times out or is destroyed, every process is killed
 // (the runtime's kill --all, then delete --force), and the network
-// namespace, the writable layer and the run's state are removed. All state
+// namespace, the writable layer and the run's state are removed. A Start
+// whose ctx ends after the runtime was launched does the same before it
+// returns, so that no container outlives a failed Start. All state
 // lives under Options.StateDir in a directory per Sandbox (a "host"),
 // locked while the Sandbox lives; [Sandbox.Reap] removes the directories,
 // containers, mounts, namespaces and cgroups of hosts that died.
@@ -144,6 +148,8 @@ type Sandbox struct {
 	mu     sync.Mutex
 	images map[string]*image
 	live   map[string]*instance
+	users  map[string]int  // root filesystem → instances using it
+	doomed map[string]bool // root filesystems to remove once unused
 	closed bool
 }
 
@@ -202,7 +208,8 @@ func New(opts *Options) (*Sandbox, error) {
 			return nil, fmt.Errorf("%w: the kernel lacks the %s namespace (%s): %v", ErrHostUnsupported, ns.file, ns.config, err)
 		}
 	}
-	s := &Sandbox{opts: o, log: o.Logger, runtime: rt, images: map[string]*image{}, live: map[string]*instance{}}
+	s := &Sandbox{opts: o, log: o.Logger, runtime: rt, images: map[string]*image{}, live: map[string]*instance{},
+		users: map[string]int{}, doomed: map[string]bool{}}
 	s.overlay.Store(!o.NoOverlay)
 	if s.cacheDir, err = filepath.Abs(o.CacheDir); err != nil {
 		return nil, fmt.Errorf("ocisandbox: %w", err)

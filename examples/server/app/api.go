@@ -175,7 +175,6 @@ func (a *App) write(h func(ctx context.Context, s auth.Scope, id storage.Submiss
 			return err
 		}
 		if r.Method == http.MethodDelete {
-			a.forgetImages(s.Org())
 			w.WriteHeader(http.StatusNoContent)
 			return nil
 		}
@@ -253,12 +252,23 @@ func (a *App) submit(w http.ResponseWriter, r *http.Request) error {
 		if !imageIDRe.MatchString(req.Image) {
 			return errorf(http.StatusBadRequest, "invalid", "image %q is not an image ID (sha256:<64 hex digits>); upload the `docker save` archive as multipart/form-data instead", req.Image)
 		}
+		// Held until the submission is stored, so that an erasure of the
+		// organisation's other submissions of the image cannot remove it
+		// in between.
+		unlock, err := a.refs.lock(r.Context(), req.Image)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		ok, err := a.ownsImage(r.Context(), s, req.Image)
 		if err != nil {
 			return err
 		}
 		if !ok {
 			return errorf(http.StatusBadRequest, "unknown_image", "your organisation has not submitted image %s; upload its archive as multipart/form-data", req.Image)
+		}
+		if err := a.useImage(s, req.Image); err != nil {
+			return err
 		}
 	case "multipart/form-data":
 		if params["boundary"] == "" {
@@ -272,15 +282,19 @@ func (a *App) submit(w http.ResponseWriter, r *http.Request) error {
 		}
 		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(uploadTimeout))
 		r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxUploadBytes)
-		if req, tasks, err = a.upload(r, s); err != nil {
+		var unlock func()
+		if req, tasks, unlock, err = a.upload(r, s); err != nil {
 			return err
 		}
+		defer unlock()
 	default:
 		return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type",
 			"send application/json naming an image ID, or multipart/form-data with a \"submission\" JSON part and an \"image\" part holding a `docker save` archive")
 	}
 	sub, err := a.h.Submit(r.Context(), p, compatool.Submission{AgentName: req.AgentName, Image: req.Image, Tasks: tasks, Public: req.Public})
 	if err != nil {
+		// An upload that was never submitted leaves no image behind.
+		a.releaseAfterFailure(r.Context(), req.Image)
 		return err
 	}
 	a.owned.Store(imageKey(s.Org(), sub.Image), true)
@@ -313,63 +327,84 @@ func (a *App) checkRequest(req submissionRequest, upload bool) ([]storage.TaskID
 
 // upload reads a multipart submission: a "submission" part (JSON) first,
 // then an "image" part holding a `docker save` archive, which is checked and
-// imported into the sandbox before the submission is stored.
-func (a *App) upload(r *http.Request, s auth.Scope) (submissionRequest, []storage.TaskID, error) {
+// imported into the sandbox before the submission is stored. On success it
+// holds the image's lock, which the caller releases with unlock once the
+// submission is stored (or failed).
+func (a *App) upload(r *http.Request, s auth.Scope) (_ submissionRequest, _ []storage.TaskID, unlock func(), _ error) {
 	var req submissionRequest
 	mr, err := r.MultipartReader()
 	if err != nil {
-		return req, nil, errorf(http.StatusBadRequest, "bad_multipart", "%v", err)
+		return req, nil, nil, errorf(http.StatusBadRequest, "bad_multipart", "%v", err)
 	}
 	part, err := nextPart(mr, "submission")
 	if err != nil {
-		return req, nil, err
+		return req, nil, nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(part, a.cfg.MaxBodyBytes+1))
 	if err != nil {
-		return req, nil, multipartError(err, a.cfg.MaxUploadBytes)
+		return req, nil, nil, multipartError(err, a.cfg.MaxUploadBytes)
 	}
 	if int64(len(data)) > a.cfg.MaxBodyBytes {
-		return req, nil, errorf(http.StatusRequestEntityTooLarge, "body_too_large", "the submission part exceeds %d bytes", a.cfg.MaxBodyBytes)
+		return req, nil, nil, errorf(http.StatusRequestEntityTooLarge, "body_too_large", "the submission part exceeds %d bytes", a.cfg.MaxBodyBytes)
 	}
 	if err := decodeJSON(bytes.NewReader(data), &req, submissionFields); err != nil {
-		return req, nil, err
+		return req, nil, nil, err
 	}
 	tasks, err := a.checkRequest(req, true)
 	if err != nil {
-		return req, nil, err
+		return req, nil, nil, err
 	}
 	part, err = nextPart(mr, "image")
 	if err != nil {
-		return req, nil, err
+		return req, nil, nil, err
 	}
 	f, err := os.CreateTemp(a.uploads, "upload-*.tar")
 	if err != nil {
-		return req, nil, err
+		return req, nil, nil, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
 	if _, err := io.Copy(f, part); err != nil {
-		return req, nil, multipartError(err, a.cfg.MaxUploadBytes)
+		return req, nil, nil, multipartError(err, a.cfg.MaxUploadBytes)
 	}
 	if _, err := mr.NextPart(); !errors.Is(err, io.EOF) {
 		if err != nil {
-			return req, nil, multipartError(err, a.cfg.MaxUploadBytes)
+			return req, nil, nil, multipartError(err, a.cfg.MaxUploadBytes)
 		}
-		return req, nil, errorf(http.StatusBadRequest, "bad_multipart", "send exactly two parts, \"submission\" and then \"image\"")
+		return req, nil, nil, errorf(http.StatusBadRequest, "bad_multipart", "send exactly two parts, \"submission\" and then \"image\"")
 	}
 	if err := f.Close(); err != nil {
-		return req, nil, err
+		return req, nil, nil, err
 	}
 	id, err := checkArchive(f.Name(), a.cfg.MaxImageBytes)
 	if err != nil {
-		return req, nil, err
+		return req, nil, nil, err
+	}
+	if unlock, err = a.refs.lock(r.Context(), id); err != nil {
+		return req, nil, nil, err
+	}
+	// Recorded before the import, so that an imported image always has a
+	// record.
+	if err := a.useImage(s, id); err != nil {
+		unlock()
+		return req, nil, nil, err
 	}
 	if err := a.importer.Import(r.Context(), f.Name(), id); err != nil {
-		return req, nil, importError(err, f.Name())
+		a.releaseAfterFailure(r.Context(), id)
+		unlock()
+		return req, nil, nil, importError(err, f.Name())
 	}
 	a.log.InfoContext(r.Context(), "image imported", "request_id", requestID(r.Context()), "org", s.Org(), "image", id)
 	req.Image = id
-	return req, tasks, nil
+	return req, tasks, unlock, nil
+}
+
+// releaseAfterFailure releases image after a submission of it failed; the
+// caller holds image's lock.
+func (a *App) releaseAfterFailure(ctx context.Context, image string) {
+	if err := a.releaseImage(context.WithoutCancel(ctx), image); err != nil {
+		a.log.ErrorContext(ctx, "remove the image of a failed submission; the next start tries again", "request_id", requestID(ctx), "image", image, "err", err)
+	}
 }
 
 func nextPart(mr *multipart.Reader, name string) (*multipart.Part, error) {
@@ -428,8 +463,30 @@ func (a *App) cancel(ctx context.Context, s auth.Scope, id storage.SubmissionID)
 	return a.h.Cancel(ctx, s, id)
 }
 
+// erase erases a submission and then removes its image from the sandbox
+// if no submission of any organisation uses it any more (P4, P14). Runs of
+// the submission still being torn down keep the image's files until they
+// end (see ocisandbox's RemoveImage).
 func (a *App) erase(ctx context.Context, s auth.Scope, id storage.SubmissionID) error {
-	return a.h.Erase(ctx, s, id)
+	sub, err := a.h.Submission(ctx, s, id)
+	if err != nil {
+		return err
+	}
+	unlock, err := a.refs.lock(ctx, sub.Image)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := a.h.Erase(ctx, s, id); err != nil {
+		return err
+	}
+	a.forgetImages(s.Org())
+	// The submission is gone; a removal that fails now is finished at the
+	// next start.
+	if err := a.releaseImage(context.WithoutCancel(ctx), sub.Image); err != nil {
+		a.log.ErrorContext(ctx, "remove the image of an erased submission; the next start tries again", "request_id", requestID(ctx), "image", sub.Image, "err", err)
+	}
+	return nil
 }
 
 func (a *App) listRuns(w http.ResponseWriter, r *http.Request, s auth.Scope) error {

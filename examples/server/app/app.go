@@ -24,7 +24,7 @@
 //	GET    /v1/submissions[?after=&limit=]
 //	GET    /v1/submissions/{id}
 //	POST   /v1/submissions/{id}/publish|unpublish|cancel
-//	DELETE /v1/submissions/{id}                 erasure: runs, results, transcripts
+//	DELETE /v1/submissions/{id}                 erasure: runs, results, transcripts; the image once unused
 //	GET    /v1/runs?submission={id}[&wait=30s][&after=&limit=]    wait: until all runs ended
 //	GET    /v1/runs/{id}
 //	GET    /v1/runs/{id}/transcript             the stored, redacted transcript
@@ -92,8 +92,9 @@ const maxConcurrentUploads = 4
 type Config struct {
 	// DataDir holds what the embedded defaults keep: compatool.db, the
 	// transcripts, the key that seals task content (task-keys.json), the
-	// devauth signing key (devauth.key), imported images and uploads in
-	// progress. It is created with mode 0700.
+	// devauth signing key (devauth.key), imported images, which
+	// organisations use each image (image-refs) and uploads in progress.
+	// It is created with mode 0700.
 	DataDir string
 	// GatewayURL is the base URL at which the sandbox reaches this server's
 	// /runs/ endpoints (the MCP gateway), e.g. "http://127.0.0.1:8080".
@@ -247,6 +248,9 @@ type App struct {
 	closers  []func() error
 	// owned caches (org, image ID) pairs an organisation has submitted.
 	owned sync.Map
+	// refs records which organisations use each image, so that erasure
+	// removes an image no submission uses.
+	refs *imageRefs
 
 	accessLevel, probeLevel slog.Level
 	handler                 http.Handler
@@ -290,6 +294,9 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err := os.Mkdir(a.uploads, 0o700); err != nil {
 		return nil, fmt.Errorf("app: uploads directory: %w", err)
 	}
+	if a.refs, err = openImageRefs(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	keys, err := openKeys(cfg.KeyFile, a.log)
 	if err != nil {
 		return nil, err
@@ -326,6 +333,7 @@ func New(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err := a.h.Start(ctx); err != nil {
 		return nil, err
 	}
+	a.finishReleases(ctx)
 	a.handler = a.routes()
 	a.server = &http.Server{
 		Handler:           a.handler,
@@ -415,23 +423,11 @@ func (a *App) ownsImage(ctx context.Context, s auth.Scope, image string) (bool, 
 	if _, ok := a.owned.Load(key); ok {
 		return true, nil
 	}
-	p := storage.Page{Limit: storage.MaxPageLimit}
-	for {
-		subs, err := a.h.Submissions(ctx, s, p)
-		if err != nil {
-			return false, err
-		}
-		for _, sub := range subs {
-			if sub.Image == image {
-				a.owned.Store(key, true)
-				return true, nil
-			}
-		}
-		if len(subs) < p.N() {
-			return false, nil
-		}
-		p.After = string(subs[len(subs)-1].ID)
+	ok, err := a.hasSubmissionOf(ctx, s, image)
+	if ok {
+		a.owned.Store(key, true)
 	}
+	return ok, err
 }
 
 // forgetImages drops the organisation's cached image ownership after an

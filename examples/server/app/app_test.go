@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -41,9 +42,28 @@ type testApp struct {
 }
 
 type countingImporter struct {
-	next importer
-	mu   sync.Mutex
-	n    int
+	next    importer
+	mu      sync.Mutex
+	n       int
+	removed []string
+	// onRemove, if set before the first request, is called on each Remove.
+	onRemove func(id string)
+}
+
+func (c *countingImporter) Remove(ctx context.Context, id string) error {
+	if c.onRemove != nil {
+		c.onRemove(id)
+	}
+	c.mu.Lock()
+	c.removed = append(c.removed, id)
+	c.mu.Unlock()
+	return c.next.Remove(ctx, id)
+}
+
+func (c *countingImporter) removals() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.removed)
 }
 
 func (c *countingImporter) Import(ctx context.Context, file, id string) error {

@@ -153,14 +153,18 @@ func (b *budgetReader) Read(p []byte) (int, error) {
 }
 
 // An importer makes a checked archive runnable by the sandbox under its
-// image ID.
+// image ID, and removes an image again.
 type importer interface {
 	Import(ctx context.Context, file, id string) error
+	// Remove deletes an image from the sandbox; an image it does not hold
+	// is not an error.
+	Remove(ctx context.Context, id string) error
 }
 
 // archiveImporter is what ocisandbox offers.
 type archiveImporter interface {
 	ImportArchive(ctx context.Context, path string) ([]string, error)
+	RemoveImage(ctx context.Context, id string) error
 }
 
 // sandboxImporter imports into a container sandbox.
@@ -177,6 +181,10 @@ func (s sandboxImporter) Import(ctx context.Context, file, id string) error {
 	return nil
 }
 
+func (s sandboxImporter) Remove(ctx context.Context, id string) error {
+	return s.sb.RemoveImage(ctx, id)
+}
+
 // memImporter registers every checked image as the in-process reference
 // agent: memsandbox runs Go functions, not images. It is for trials, tests
 // and load tests, never for untrusted agents.
@@ -186,6 +194,10 @@ func (m memImporter) Import(_ context.Context, _, id string) error {
 	m.sb.Register(id, referenceAgent)
 	return nil
 }
+
+// Remove does nothing: every registration is the same in-process function,
+// which holds no file and no data of the image.
+func (memImporter) Remove(context.Context, string) error { return nil }
 
 // referenceAgent is examples/agents/notesagent run in-process.
 func referenceAgent(ctx context.Context, env *memsandbox.Env) int {

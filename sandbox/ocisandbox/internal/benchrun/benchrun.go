@@ -190,41 +190,126 @@ type Resources struct {
 
 // Count returns the host's mounts, pinned network namespaces, cgroups under
 // ocisandbox's parent, and processes of runtime (by binary path) or in
-// ocisandbox's cgroups.
+// ocisandbox's cgroups. These are host-wide figures, right only when
+// nothing else on the host starts or ends containers or mounts meanwhile;
+// tests use [CountOwned].
 func Count(runtime string) Resources {
 	var r Resources
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			r.Mounts++
-			if strings.Contains(l, " - nsfs ") {
-				r.NetNS++
-			}
+	for _, m := range mounts() {
+		r.Mounts++
+		if m.fstype == "nsfs" {
+			r.NetNS++
 		}
 	}
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*/compatool-ocisandbox")
 	if more, _ := filepath.Glob("/sys/fs/cgroup/compatool-ocisandbox"); len(more) > 0 {
 		roots = append(roots, more...)
 	}
-	for _, root := range roots {
-		_ = filepath.WalkDir(root, func(_ string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				r.Cgroups++
-			}
-			return nil
-		})
-	}
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		cg, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cgroup"))
-		if err != nil {
-			continue
-		}
-		exe, _ := os.Readlink(filepath.Join("/proc", p.Name(), "exe"))
-		if exe == runtime || strings.Contains(string(cg), "/compatool-ocisandbox/") {
+	r.Cgroups = countDirs(roots)
+	for _, p := range processes() {
+		if p.exe == runtime || strings.Contains(p.cgroup, "/compatool-ocisandbox/") {
 			r.Processes++
 		}
 	}
 	return r
+}
+
+// Owner names what one Sandbox holds on the host.
+type Owner struct {
+	// HostID is the Sandbox's HostID: it names its cgroups and appears in
+	// the command line of every runtime process it starts (whose state
+	// lives under StateDir/hosts/<HostID>).
+	HostID string
+	// Dirs are its Options.StateDir and Options.CacheDir: its mounts and
+	// pinned network namespaces are below them.
+	Dirs []string
+}
+
+// CountOwned counts what the Sandbox o describes holds, and nothing else
+// on the host: mounts and pinned network namespaces below its
+// directories, its cgroups, and live processes in its cgroups or whose
+// command line names its host id. Other Sandboxes, containers and mounts
+// on the host, in this process or others, do not change the figures.
+func CountOwned(o Owner) Resources {
+	var r Resources
+	for _, m := range mounts() {
+		if !slices.ContainsFunc(o.Dirs, func(d string) bool { return strings.HasPrefix(m.point, filepath.Clean(d)+"/") }) {
+			continue
+		}
+		r.Mounts++
+		if m.fstype == "nsfs" {
+			r.NetNS++
+		}
+	}
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/compatool-ocisandbox/" + o.HostID)
+	if more, _ := filepath.Glob("/sys/fs/cgroup/compatool-ocisandbox/" + o.HostID); len(more) > 0 {
+		roots = append(roots, more...)
+	}
+	r.Cgroups = countDirs(roots)
+	for _, p := range processes() {
+		if !p.dead && (strings.Contains(p.cgroup, "/compatool-ocisandbox/"+o.HostID+"/") || strings.Contains(p.cmdline, o.HostID)) {
+			r.Processes++
+		}
+	}
+	return r
+}
+
+type mount struct{ point, fstype string }
+
+// mounts parses /proc/self/mountinfo (octal escapes in mount points are
+// left as they are: the directories compared with them have none).
+func mounts() []mount {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []mount
+	for l := range strings.SplitSeq(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(l)
+		sep := slices.Index(f, "-")
+		if len(f) < 5 || sep < 0 || sep+1 >= len(f) {
+			continue
+		}
+		out = append(out, mount{point: f[4], fstype: f[sep+1]})
+	}
+	return out
+}
+
+func countDirs(roots []string) int {
+	n := 0
+	for _, root := range roots {
+		_ = filepath.WalkDir(root, func(_ string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				n++
+			}
+			return nil
+		})
+	}
+	return n
+}
+
+type process struct {
+	exe, cgroup, cmdline string
+	dead                 bool // a zombie, waiting for its parent to reap it
+}
+
+func processes() []process {
+	entries, _ := os.ReadDir("/proc")
+	var out []process
+	for _, e := range entries {
+		dir := filepath.Join("/proc", e.Name())
+		cg, err := os.ReadFile(filepath.Join(dir, "cgroup"))
+		if err != nil {
+			continue
+		}
+		exe, _ := os.Readlink(filepath.Join(dir, "exe"))
+		cmdline, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
+		stat, _ := os.ReadFile(filepath.Join(dir, "stat"))
+		i := bytes.LastIndexByte(stat, ')')
+		dead := i >= 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X')
+		out = append(out, process{exe: exe, cgroup: string(cg), cmdline: string(cmdline), dead: dead})
+	}
+	return out
 }
 
 // Concurrent runs n runs of image at once and returns the first error.
