@@ -27,10 +27,10 @@ func TestAttacks(t *testing.T) { runAttackBattery(t, "runc") }
 // has no route inside the run's namespace: nothing is sent off the machine.
 func runAttackBattery(t *testing.T, runtime string) {
 	s := newSandbox(t, runtime, &ocisandbox.Options{LayerBytes: 8 << 20})
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	for _, tc := range []struct {
 		name string
-		fn   func(*testing.T, *ocisandbox.Sandbox, *gateway)
+		fn   func(*testing.T, *ocisandbox.Sandbox, *sandboxtest.Gateway)
 	}{
 		{"Network", attackNetwork},
 		{"OtherRunRelay", attackOtherRun},
@@ -85,9 +85,9 @@ func hostAddrs(t *testing.T) []string {
 }
 
 // expectLines runs steps and checks each printed exactly want.
-func expectLines(t *testing.T, s sandbox.Sandbox, gw *gateway, image string, want []string) sandbox.Logs {
+func expectLines(t *testing.T, s sandbox.Sandbox, gw *sandboxtest.Gateway, image string, want []string) sandbox.Logs {
 	t.Helper()
-	exit, logs := runToEnd(t, s, gw.spec(t.Name(), image))
+	exit, logs := runToEnd(t, s, gw.Spec(t.Name(), image))
 	got := strings.Split(strings.TrimSuffix(string(logs.Stdout), "\n"), "\n")
 	if diff := cmp.Diff(want, got); diff != "" || exit.Code != 0 {
 		t.Errorf("exit %+v; stdout (-want +got):\n%s\nstderr:\n%s", exit, diff, logs.Stderr)
@@ -95,11 +95,11 @@ func expectLines(t *testing.T, s sandbox.Sandbox, gw *gateway, image string, wan
 	return logs
 }
 
-func attackNetwork(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+func attackNetwork(t *testing.T, s *ocisandbox.Sandbox, gw *sandboxtest.Gateway) {
 	loop4, n4 := hostListener(t, "tcp4", "127.0.0.1:0")
 	any4, nAny := hostListener(t, "tcp4", "0.0.0.0:0")
 	_, anyPort, _ := net.SplitHostPort(any4)
-	gwHost := must(url.Parse(gw.url)).Host
+	gwHost := must(url.Parse(gw.URL())).Host
 	type row struct {
 		step sandboxtest.Step
 		want string
@@ -142,9 +142,9 @@ func attackNetwork(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 	}
 }
 
-func attackOtherRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+func attackOtherRun(t *testing.T, s *ocisandbox.Sandbox, gw *sandboxtest.Gateway) {
 	marker := "other-run-" + t.Name()
-	a, err := s.Start(t.Context(), gw.spec("victim", importProgram(t, s, sandboxtest.Program{
+	a, err := s.Start(t.Context(), gw.Spec("victim", importProgram(t, s, sandboxtest.Program{
 		{Op: "env", Key: sandbox.EnvMCPURL},
 		{Op: "heartbeat", Text: marker},
 	})))
@@ -152,7 +152,7 @@ func attackOtherRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 		t.Fatal(err)
 	}
 	defer a.Destroy(context.Background())
-	gw.awaitBeats(t, marker, 1, a)
+	awaitBeats(t, gw, marker, 1, a)
 	victimURL := must(url.Parse(strings.TrimSpace(strings.TrimPrefix(string(a.Logs().Stdout), "env "+sandbox.EnvMCPURL+"="))))
 	victim := victimURL.Host
 	img := importProgram(t, s, sandboxtest.Program{
@@ -161,7 +161,7 @@ func attackOtherRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 		{Op: "http_get", URL: "http://" + victim + "/"},
 	})
 	for try := 0; ; try++ {
-		_, logs := runToEnd(t, s, gw.spec("attacker", img))
+		_, logs := runToEnd(t, s, gw.Spec("attacker", img))
 		lines := strings.Split(string(logs.Stdout), "\n")
 		own := must(url.Parse(strings.TrimPrefix(lines[0], "env "+sandbox.EnvMCPURL+"="))).Host
 		if own == victim && try < 3 {
@@ -177,7 +177,7 @@ func attackOtherRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 	}
 }
 
-func attackHostFiles(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+func attackHostFiles(t *testing.T, s *ocisandbox.Sandbox, gw *sandboxtest.Gateway) {
 	const secretKey = "OCISANDBOX_HOST_SECRET"
 	t.Setenv(secretKey, "host-only-value")
 	secretFile := filepath.Join(t.TempDir(), "host-secret")
@@ -208,7 +208,7 @@ func attackHostFiles(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 	expectLines(t, s, gw, importProgram(t, s, p), want)
 }
 
-func attackPrivileged(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+func attackPrivileged(t *testing.T, s *ocisandbox.Sandbox, gw *sandboxtest.Gateway) {
 	var p sandboxtest.Program
 	p = append(p, sandboxtest.AttackRawSocket...)
 	p = append(p, sandboxtest.AttackPrivileged...)
@@ -249,9 +249,9 @@ func attackPrivileged(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 	expectLines(t, s, gw, img, want)
 }
 
-func attackSurvive(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+func attackSurvive(t *testing.T, s *ocisandbox.Sandbox, gw *sandboxtest.Gateway) {
 	bomb, daemon, session, main := "bomb-"+t.Name(), "daemon-"+t.Name(), "setsid-"+t.Name(), "main-"+t.Name()
-	spec := gw.spec("survivor", importProgram(t, s, sandboxtest.Program{
+	spec := gw.Spec("survivor", importProgram(t, s, sandboxtest.Program{
 		{Op: "double_fork", Text: daemon},
 		{Op: "mcp_call", Tool: "await_heartbeat", Args: map[string]any{"marker": daemon}},
 		{Op: "spawn", Text: session},
@@ -265,7 +265,7 @@ func attackSurvive(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 		t.Fatal(err)
 	}
 	for _, m := range []string{daemon, session, bomb, main} {
-		gw.awaitBeats(t, m, 1, inst)
+		awaitBeats(t, gw, m, 1, inst)
 	}
 	if err := inst.Destroy(context.Background()); err != nil {
 		t.Fatalf("Destroy: %v", err)
@@ -276,14 +276,14 @@ func attackSurvive(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 		t.Errorf("fork bomb was not stopped by Limits.PIDs: stdout %q", inst.Logs().Stdout)
 	}
 	for _, m := range []string{daemon, session, bomb, main} {
-		gw.assertQuiet(t, m)
+		assertQuiet(t, gw, m)
 	}
 	if procs := processesOf(s.HostID()); len(procs) != 0 {
 		t.Errorf("processes %v of the run are alive after Destroy", procs)
 	}
 }
 
-func attackSecondRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+func attackSecondRun(t *testing.T, s *ocisandbox.Sandbox, gw *sandboxtest.Gateway) {
 	daemon := "first-run-daemon-" + t.Name()
 	img := importProgram(t, s, sandboxtest.Program{
 		{Op: "env", Key: "FIRST_RUN_SECRET"},
@@ -295,24 +295,24 @@ func attackSecondRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 		{Op: "double_fork", Text: daemon},
 		{Op: "mcp_call", Tool: "await_heartbeat", Args: map[string]any{"marker": daemon}},
 	})
-	first := gw.spec("first", img)
+	first := gw.Spec("first", img)
 	first.Env["FIRST_RUN_SECRET"] = "s3cret"
 	inst, err := s.Start(t.Context(), first)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw.awaitBeats(t, daemon, 1, inst)
+	awaitBeats(t, gw, daemon, 1, inst)
 	if _, err := inst.Wait(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if err := inst.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	gw.assertQuiet(t, daemon)
+	assertQuiet(t, gw, daemon)
 	want := []string{"env FIRST_RUN_SECRET unset", "absent /tmp/left", "absent /root-file", "absent /proc/2/status", "result ok"}
 	// The first run's daemon is gone, and the second run's own starts only
 	// after its reads.
-	_, logs := runToEnd(t, s, gw.spec("second", img))
+	_, logs := runToEnd(t, s, gw.Spec("second", img))
 	got := strings.Split(strings.TrimSuffix(string(logs.Stdout), "\n"), "\n")
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("second run saw the first (-want +got):\n%s\nstderr %s", diff, logs.Stderr)
@@ -321,7 +321,7 @@ func attackSecondRun(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 
 // attackCompat32 makes a system call through the 32-bit compat ABI, which
 // the seccomp filter (native ABI only) refuses by killing the thread.
-func attackCompat32(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
+func attackCompat32(t *testing.T, s *ocisandbox.Sandbox, gw *sandboxtest.Gateway) {
 	if runtime.GOARCH != "amd64" {
 		t.Skip("the probe uses amd64's int 0x80")
 	}
@@ -334,7 +334,7 @@ func attackCompat32(t *testing.T, s *ocisandbox.Sandbox, gw *gateway) {
 	if out, err := exec.CommandContext(t.Context(), bin).Output(); err != nil || !strings.HasPrefix(string(out), "compat32 returned") {
 		t.Skipf("this kernel runs no 32-bit system calls (ia32 emulation off?): %q %v", out, err)
 	}
-	exit, logs := runToEnd(t, s, gw.spec(t.Name(), importImage(t, s, must(testimage.CommandImage(bin)))))
+	exit, logs := runToEnd(t, s, gw.Spec(t.Name(), importImage(t, s, must(testimage.CommandImage(bin)))))
 	if got := string(logs.Stdout); got != "blocked compat32\n" || exit.Code != 0 {
 		t.Errorf("compat32 probe: exit %+v, stdout %q, want \"blocked compat32\" (stderr %q)", exit, got, logs.Stderr)
 	}

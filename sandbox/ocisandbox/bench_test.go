@@ -55,13 +55,13 @@ func TestConcurrentNoLeaks(t *testing.T) {
 	}
 	// A live run shows in the count, so that an unchanged count below
 	// means something.
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	const beat = "no-leaks-probe"
-	inst, err := s.Start(t.Context(), gw.spec("probe", importProgram(t, s, sandboxtest.Program{{Op: "heartbeat", Text: beat}})))
+	inst, err := s.Start(t.Context(), gw.Spec("probe", importProgram(t, s, sandboxtest.Program{{Op: "heartbeat", Text: beat}})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw.awaitBeats(t, beat, 1, inst)
+	awaitBeats(t, gw, beat, 1, inst)
 	during := benchrun.CountOwned(owner)
 	if err := inst.Destroy(context.Background()); err != nil {
 		t.Fatal(err)

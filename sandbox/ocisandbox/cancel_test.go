@@ -55,14 +55,14 @@ func TestStartCancelledWhileRuntimeStarts(t *testing.T) {
 			opts := &ocisandbox.Options{StateDir: filepath.Join(dir, "state"), CacheDir: filepath.Join(dir, "cache"), DestroyGrace: 2 * time.Second,
 				Logger: slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logs), &slog.HandlerOptions{Level: slog.LevelDebug}))}
 			s := newSandbox(t, wrapper, opts)
-			gw := newGateway(t)
+			gw := sandboxtest.NewGateway(t)
 			img := importProgram(t, s, sandboxtest.Program{{Op: "heartbeat", Text: "cancelled-start"}})
 
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			started := make(chan error, 1)
 			go func() {
-				inst, err := s.Start(ctx, gw.spec("cancelled", img))
+				inst, err := s.Start(ctx, gw.Spec("cancelled", img))
 				if err == nil {
 					inst.Destroy(context.Background())
 				}
@@ -119,11 +119,11 @@ func TestStartCancelledAtRandomPoints(t *testing.T) {
 	root := traversableDir(t)
 	opts := &ocisandbox.Options{StateDir: filepath.Join(root, "state"), CacheDir: filepath.Join(root, "cache")}
 	s := newSandbox(t, "runc", opts)
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	img := importProgram(t, s, sandboxtest.Program{{Op: "heartbeat", Text: "random-cancel"}})
 
 	t0 := time.Now()
-	inst, err := s.Start(t.Context(), gw.spec("measure", img))
+	inst, err := s.Start(t.Context(), gw.Spec("measure", img))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestStartCancelledAtRandomPoints(t *testing.T) {
 		delay := took * time.Duration(i) / (attempts / 2)
 		ctx, cancel := context.WithCancel(t.Context())
 		timer := time.AfterFunc(delay, cancel)
-		inst, err := s.Start(ctx, gw.spec(fmt.Sprintf("cancel-%d", i), img))
+		inst, err := s.Start(ctx, gw.Spec(fmt.Sprintf("cancel-%d", i), img))
 		timer.Stop()
 		cancel()
 		switch {

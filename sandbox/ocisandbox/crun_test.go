@@ -32,9 +32,9 @@ func TestCrun(t *testing.T) {
 	}
 	t.Logf("crun refuses this host (%s); checking that ocisandbox reports it", refusal)
 	s := newSandbox(t, "crun", nil)
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	img := importProgram(t, s, sandboxtest.Program{{Op: "print", Text: "never\n"}})
-	inst, err := s.Start(t.Context(), gw.spec("crun", img))
+	inst, err := s.Start(t.Context(), gw.Spec("crun", img))
 	if err == nil {
 		inst.Destroy(t.Context())
 		t.Fatal("Start with crun succeeded although crun refused a trivial container")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/compatool/compatool/sandbox"
 	"github.com/compatool/compatool/sandbox/ocisandbox"
@@ -157,4 +158,49 @@ func runtimeHarness(runtime string) func(t *testing.T) sandboxtest.Harness {
 	return func(t *testing.T) sandboxtest.Harness {
 		return &harness{s: newSandbox(t, runtime, nil)}
 	}
+}
+
+// awaitBeats waits up to 30s for the n-th heartbeat of marker.
+func awaitBeats(t testing.TB, gw *sandboxtest.Gateway, marker string, n int, inst sandbox.Instance) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if gw.WaitBeats(ctx, marker, n) != nil {
+		var logs sandbox.Logs
+		if inst != nil {
+			logs = inst.Logs()
+		}
+		t.Fatalf("heartbeat %d of %q never came (stdout %q, stderr %q)", n, marker, logs.Stdout, logs.Stderr)
+	}
+}
+
+// assertQuiet fails if marker beats again (beyond one request in flight)
+// within 300ms: its process should be dead.
+func assertQuiet(t testing.TB, gw *sandboxtest.Gateway, marker string) {
+	t.Helper()
+	before := gw.Beats(marker)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if gw.WaitBeats(ctx, marker, before+2) == nil {
+		t.Errorf("heartbeats %q go on after teardown: a process of the run survived", marker)
+	}
+}
+
+// runToEnd starts spec, waits for the end and destroys the instance.
+func runToEnd(t testing.TB, s sandbox.Sandbox, spec sandbox.Spec) (sandbox.Exit, sandbox.Logs) {
+	t.Helper()
+	inst, err := s.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	exit, err := inst.Wait(ctx)
+	if derr := inst.Destroy(context.Background()); derr != nil {
+		t.Errorf("Destroy: %v", derr)
+	}
+	if err != nil {
+		t.Fatalf("Wait: %v (logs %+v)", err, inst.Logs())
+	}
+	return exit, inst.Logs()
 }

@@ -71,7 +71,7 @@ func TestMaliciousLayers(t *testing.T) {
 // config (user, working dir, env) in a real run.
 func TestLayers(t *testing.T) {
 	s := newSandbox(t, "runc", nil)
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	lower, err := testimage.Layer(
 		testimage.File{Name: "etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0::/root:/bin/sh\nagent:x:1000:1000::/home:/bin/sh\n")},
 		testimage.File{Name: "etc/group", Mode: 0o644, Data: []byte("root:x:0:\nagents:x:1001:\n")},
@@ -120,7 +120,7 @@ func TestLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, logs := runToEnd(t, s, gw.spec("layers", id))
+	_, logs := runToEnd(t, s, gw.Spec("layers", id))
 	want := "absent /gone\nabsent /opaque/old\npresent /opaque/new upper\npresent /hard lower\npresent /soft lower\n" +
 		"env FROM_IMAGE=yes\npresent /work/relative in workdir\nblocked attempt write /kept\n"
 	if diff := cmp.Diff(want, string(logs.Stdout)); diff != "" {
@@ -173,8 +173,8 @@ func TestImportErrors(t *testing.T) {
 		}
 	})
 	t.Run("not an image ID", func(t *testing.T) {
-		gw := newGateway(t)
-		if _, err := s.Start(t.Context(), gw.spec("x", "agent:latest")); !errors.Is(err, sandbox.ErrImageNotFound) || !strings.Contains(err.Error(), "sha256:") {
+		gw := sandboxtest.NewGateway(t)
+		if _, err := s.Start(t.Context(), gw.Spec("x", "agent:latest")); !errors.Is(err, sandbox.ErrImageNotFound) || !strings.Contains(err.Error(), "sha256:") {
 			t.Errorf("Start(tag) = %v, want ErrImageNotFound explaining image IDs", err)
 		}
 	})
@@ -215,7 +215,7 @@ func TestOCILayout(t *testing.T) {
 	if ids[0] != ids[1] || ids[1] != ids[2] {
 		t.Errorf("image IDs differ by source: %v", ids)
 	}
-	_, logs := runToEnd(t, s, newGateway(t).spec("layout", ids[2]))
+	_, logs := runToEnd(t, s, sandboxtest.NewGateway(t).Spec("layout", ids[2]))
 	if string(logs.Stdout) != "from layout\n" {
 		t.Errorf("stdout %q", logs.Stdout)
 	}
@@ -263,14 +263,14 @@ func TestConcurrentImport(t *testing.T) {
 // the run's writable layer instead.
 func TestCopyFallback(t *testing.T) {
 	s := newSandbox(t, "runc", &ocisandbox.Options{NoOverlay: true})
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	img := importProgram(t, s, sandboxtest.Program{
 		{Op: "read_file", Path: "/tmp/f"},
 		{Op: "write_file", Path: "/tmp/f", Data: "mine"},
 		{Op: "mcp_call", Tool: "echo", Args: map[string]any{"text": "copied"}},
 	})
 	for range 2 {
-		_, logs := runToEnd(t, s, gw.spec("copy", img))
+		_, logs := runToEnd(t, s, gw.Spec("copy", img))
 		if want := "absent /tmp/f\nresult copied\n"; string(logs.Stdout) != want {
 			t.Errorf("stdout %q, want %q (stderr %s)", logs.Stdout, want, logs.Stderr)
 		}

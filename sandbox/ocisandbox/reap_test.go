@@ -45,12 +45,12 @@ func TestReapCrashedHost(t *testing.T) {
 	root := traversableDir(t)
 	opts := &ocisandbox.Options{StateDir: filepath.Join(root, "state"), CacheDir: filepath.Join(root, "cache")}
 	alive := newSandbox(t, "runc", opts)
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	const crashed, living = "crashed-host-beat", "living-host-beat"
 	img := importProgram(t, alive, sandboxtest.Program{{Op: "spawn", Text: crashed}, {Op: "heartbeat", Text: crashed}})
 
 	// A live host's instance must survive the reaper.
-	keep, err := alive.Start(t.Context(), gw.spec("living", importProgram(t, alive, sandboxtest.Program{{Op: "heartbeat", Text: living}})))
+	keep, err := alive.Start(t.Context(), gw.Spec("living", importProgram(t, alive, sandboxtest.Program{{Op: "heartbeat", Text: living}})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestReapCrashedHost(t *testing.T) {
 
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashHelperEnv+"=1", "STATE_DIR="+opts.StateDir, "CACHE_DIR="+opts.CacheDir,
-		"IMAGE="+img, "MCP_URL="+gw.url, "TOKEN="+gw.token)
+		"IMAGE="+img, "MCP_URL="+gw.URL(), "TOKEN="+gw.Token())
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -95,7 +95,7 @@ func TestReapCrashedHost(t *testing.T) {
 		cancel()
 		t.Fatalf("Reap killed a living host's instance: %+v %v %+v", exit, err, keep.Logs())
 	}
-	gw.awaitBeats(t, living, gw.count(living)+2, keep)
+	awaitBeats(t, gw, living, gw.Beats(living)+2, keep)
 	if err := reaper.Reap(t.Context()); err != nil {
 		t.Errorf("second Reap = %v, want nil", err)
 	}

@@ -27,7 +27,7 @@ func TestRemoveImage(t *testing.T) {
 	cache := filepath.Join(traversableDir(t), "cache")
 	a := newSandbox(t, "runc", &ocisandbox.Options{CacheDir: cache})
 	b := newSandbox(t, "runc", &ocisandbox.Options{CacheDir: cache})
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	const marker = "only-in-the-unique-layer-7f3a"
 	unique, err := testimage.Layer(testimage.File{Name: "unique", Mode: 0o644, Data: []byte(marker)})
 	if err != nil {
@@ -60,7 +60,7 @@ func TestRemoveImage(t *testing.T) {
 	}
 	wantGone := func(s *ocisandbox.Sandbox, id string) {
 		t.Helper()
-		if inst, err := s.Start(t.Context(), gw.spec("removed", id)); !errors.Is(err, sandbox.ErrImageNotFound) {
+		if inst, err := s.Start(t.Context(), gw.Spec("removed", id)); !errors.Is(err, sandbox.ErrImageNotFound) {
 			if err == nil {
 				inst.Destroy(context.Background())
 			}
@@ -70,11 +70,11 @@ func TestRemoveImage(t *testing.T) {
 	// runX runs x until its heartbeat, and checks it saw the unique layer.
 	runX := func(id string) {
 		t.Helper()
-		inst, err := a.Start(t.Context(), gw.spec("x", id))
+		inst, err := a.Start(t.Context(), gw.Spec("x", id))
 		if err != nil {
 			t.Fatal(err)
 		}
-		gw.awaitBeats(t, "x", gw.count("x")+1, inst)
+		awaitBeats(t, gw, "x", gw.Beats("x")+1, inst)
 		if err := inst.Destroy(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +84,7 @@ func TestRemoveImage(t *testing.T) {
 	}
 	expect := func(s *ocisandbox.Sandbox, id, want string) {
 		t.Helper()
-		exit, logs := runToEnd(t, s, gw.spec("run", id))
+		exit, logs := runToEnd(t, s, gw.Spec("run", id))
 		if exit.Code != 0 || string(logs.Stdout) != want {
 			t.Errorf("run of %s: exit %+v, stdout %q; want %q (stderr %s)", id, exit, logs.Stdout, want, logs.Stderr)
 		}
@@ -119,19 +119,19 @@ func TestRemoveImage(t *testing.T) {
 
 	t.Run("while a run uses it", func(t *testing.T) {
 		xID := imp(a, x)
-		inst, err := a.Start(t.Context(), gw.spec("live", xID))
+		inst, err := a.Start(t.Context(), gw.Spec("live", xID))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer inst.Destroy(context.Background())
-		gw.awaitBeats(t, "x", gw.count("x")+1, inst)
+		awaitBeats(t, gw, "x", gw.Beats("x")+1, inst)
 		remove(a, xID)
 		wantGone(a, xID)
 		// The live run keeps its files and goes on.
 		if cacheState(t, cache).equal(withoutX) {
 			t.Errorf("RemoveImage took the root filesystem from under a live run")
 		}
-		gw.awaitBeats(t, "x", gw.count("x")+2, inst)
+		awaitBeats(t, gw, "x", gw.Beats("x")+2, inst)
 		if err := inst.Destroy(context.Background()); err != nil {
 			t.Fatal(err)
 		}

@@ -21,14 +21,14 @@ import (
 func TestRuntimeKilled(t *testing.T) {
 	stateDir := filepath.Join(traversableDir(t), "state")
 	s := newSandbox(t, "runc", &ocisandbox.Options{StateDir: stateDir})
-	gw := newGateway(t)
+	gw := sandboxtest.NewGateway(t)
 	const beat = "runtime-killed-beat"
-	inst, err := s.Start(t.Context(), gw.spec("runtime-killed", importProgram(t, s, sandboxtest.Program{{Op: "heartbeat", Text: beat}})))
+	inst, err := s.Start(t.Context(), gw.Spec("runtime-killed", importProgram(t, s, sandboxtest.Program{{Op: "heartbeat", Text: beat}})))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer inst.Destroy(context.Background())
-	gw.awaitBeats(t, beat, 1, inst)
+	awaitBeats(t, gw, beat, 1, inst)
 	pid := runtimeProcess(t, s.Runtime(), inst.ID())
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)

@@ -95,13 +95,7 @@ type suite struct {
 // server and its token, and a one-minute deadline so that a broken driver
 // cannot hang the suite.
 func (s *suite) spec(image string) sandbox.Spec {
-	return sandbox.Spec{
-		RunID:  fmt.Sprintf("sandboxtest-%d", s.n.Add(1)),
-		Image:  image,
-		Env:    map[string]string{sandbox.EnvMCPToken: s.f.token},
-		MCPURL: s.f.url,
-		Limits: sandbox.Limits{Timeout: time.Minute},
-	}
+	return s.f.Spec(fmt.Sprintf("sandboxtest-%d", s.n.Add(1)), image)
 }
 
 // marker returns a string unique within the suite, for heartbeats and tool
@@ -196,7 +190,7 @@ func (s *suite) awaitBeats(t *testing.T, inst sandbox.Instance, marker string, n
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
 	defer cancel()
-	if err := s.f.waitBeats(ctx, marker, n); err != nil {
+	if err := s.f.WaitBeats(ctx, marker, n); err != nil {
 		t.Fatalf("heartbeat %d of %q never arrived: %v (stderr %q)", n, marker, err, inst.Logs().Stderr)
 	}
 }
@@ -206,10 +200,10 @@ func (s *suite) awaitBeats(t *testing.T, inst sandbox.Instance, marker string, n
 // flight at that moment and is allowed to land.
 func (s *suite) assertQuiet(t *testing.T, marker string, inFlight int) {
 	t.Helper()
-	before := s.f.beatCount(marker)
+	before := s.f.Beats(marker)
 	ctx, cancel := context.WithTimeout(t.Context(), quietWindow)
 	defer cancel()
-	if s.f.waitBeats(ctx, marker, before+inFlight+1) == nil {
+	if s.f.WaitBeats(ctx, marker, before+inFlight+1) == nil {
 		t.Errorf("heartbeats %q go on after the instance was killed: its processes still run", marker)
 	}
 }
@@ -222,7 +216,7 @@ func testMCPCall(t *testing.T, s *suite) {
 	if r.exit.Code != 0 || string(r.logs.Stdout) != "result "+text+"\n" {
 		t.Fatalf("agent exited %d with stdout %q, stderr %q; want 0 and the echoed text", r.exit.Code, r.logs.Stdout, r.logs.Stderr)
 	}
-	if !s.f.sawCall(text) {
+	if !s.f.SawCall(text) {
 		t.Errorf("MCP server never saw the call echo(%q)", text)
 	}
 }
@@ -266,7 +260,7 @@ func testEnv(t *testing.T, s *suite) {
 		{Op: "env", Key: sandbox.EnvMCPURL},
 	}, func(spec *sandbox.Spec) { spec.Env[key] = value })
 	got := lines(r.logs.Stdout)
-	want := []string{"env " + sandbox.EnvMCPToken + "=" + s.f.token + "\n", "env " + key + "=" + value + "\n"}
+	want := []string{"env " + sandbox.EnvMCPToken + "=" + s.f.Token() + "\n", "env " + key + "=" + value + "\n"}
 	if len(got) < 3 || !cmp.Equal(want, got[:2]) || !strings.HasPrefix(got[2], "env "+sandbox.EnvMCPURL+"=http") {
 		t.Errorf("agent's environment printed %q; want the token, %s=%q and an http(s) %s set by the driver",
 			got, key, value, sandbox.EnvMCPURL)
@@ -397,7 +391,7 @@ func testWaitCancelled(t *testing.T, s *suite) {
 		t.Fatalf("Wait(cancelled ctx) = %+v, %v; want context.Canceled", exit, err)
 	}
 	// The instance runs on until Destroy.
-	s.awaitBeats(t, inst, m, s.f.beatCount(m)+1)
+	s.awaitBeats(t, inst, m, s.f.Beats(m)+1)
 	s.destroy(t, inst)
 	s.assertQuiet(t, m, 1)
 }
