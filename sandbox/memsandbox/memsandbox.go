@@ -147,8 +147,8 @@ func (s *Sandbox) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instanc
 		limits:    limits,
 		mcpScheme: u.Scheme,
 		mcpAddr:   hostPort(u),
-		stdout:    &logBuffer{limit: limits.LogBytes},
-		stderr:    &logBuffer{limit: limits.LogBytes},
+		stdout:    sandbox.NewLogBuffer(limits.LogBytes),
+		stderr:    sandbox.NewLogBuffer(limits.LogBytes),
 		procs:     1,
 	}
 	env.ctx, env.cancel = context.WithTimeout(context.Background(), limits.Timeout)
@@ -235,8 +235,8 @@ func (i *instance) Wait(ctx context.Context) (sandbox.Exit, error) {
 }
 
 func (i *instance) Logs() sandbox.Logs {
-	out, outCut := i.env.stdout.snapshot()
-	errs, errCut := i.env.stderr.snapshot()
+	out, outCut := i.env.stdout.Snapshot()
+	errs, errCut := i.env.stderr.Snapshot()
 	return sandbox.Logs{Stdout: out, Stderr: errs, Truncated: outCut || errCut}
 }
 
@@ -282,8 +282,8 @@ type Env struct {
 	mcpScheme string
 	mcpAddr   string
 	transport *http.Transport
-	stdout    *logBuffer
-	stderr    *logBuffer
+	stdout    *sandbox.LogBuffer
+	stderr    *sandbox.LogBuffer
 	wg        sync.WaitGroup // the agent and its processes
 
 	mu        sync.Mutex
@@ -497,30 +497,4 @@ func hostPort(u *url.URL) string {
 		port = "80"
 	}
 	return net.JoinHostPort(u.Hostname(), port)
-}
-
-// logBuffer keeps the first limit bytes written to it.
-type logBuffer struct {
-	mu        sync.Mutex
-	limit     int
-	buf       []byte
-	truncated bool
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if room := b.limit - len(b.buf); len(p) > room {
-		b.truncated = true
-		b.buf = append(b.buf, p[:room]...)
-	} else {
-		b.buf = append(b.buf, p...)
-	}
-	return len(p), nil
-}
-
-func (b *logBuffer) snapshot() ([]byte, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return slices.Clone(b.buf), b.truncated
 }

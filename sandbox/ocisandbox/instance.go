@@ -2,7 +2,6 @@ package ocisandbox
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -55,8 +54,8 @@ func (s *Sandbox) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instanc
 	inst := &instance{
 		s: s, id: id, runDir: runDir, image: im,
 		rt:     s.runtimeClient(filepath.Join(runDir, "runtime.log")),
-		stdout: &logBuffer{limit: limits.LogBytes},
-		stderr: &logBuffer{limit: limits.LogBytes},
+		stdout: sandbox.NewLogBuffer(limits.LogBytes),
+		stderr: sandbox.NewLogBuffer(limits.LogBytes),
 		done:   make(chan struct{}),
 	}
 	if err := inst.provision(ctx, im, spec, limits); err != nil {
@@ -96,8 +95,8 @@ type instance struct {
 	runDir string
 	image  *image // acquired; released by teardown
 	rt     *runc.Runc
-	stdout *logBuffer
-	stderr *logBuffer
+	stdout *sandbox.LogBuffer
+	stderr *sandbox.LogBuffer
 	relay  *relay
 	// stopRuntime kills the runtime process (not the container); set
 	// before the runtime is launched.
@@ -381,8 +380,8 @@ func (i *instance) Wait(ctx context.Context) (sandbox.Exit, error) {
 }
 
 func (i *instance) Logs() sandbox.Logs {
-	out, outCut := i.stdout.snapshot()
-	errs, errCut := i.stderr.snapshot()
+	out, outCut := i.stdout.Snapshot()
+	errs, errCut := i.stderr.Snapshot()
 	return sandbox.Logs{Stdout: out, Stderr: errs, Truncated: outCut || errCut}
 }
 
@@ -418,7 +417,7 @@ func (i *instance) Destroy(context.Context) error {
 
 // runIO gives the runtime's (and so the container's) stdout and stderr to
 // bounded buffers and its stdin /dev/null.
-type runIO struct{ stdout, stderr *logBuffer }
+type runIO struct{ stdout, stderr *sandbox.LogBuffer }
 
 func (runIO) Close() error          { return nil }
 func (runIO) Stdin() io.WriteCloser { return nil }
@@ -460,35 +459,4 @@ func mergeEnv(image []string, spec map[string]string, mcpURL string) []string {
 	}
 	set(sandbox.EnvMCPURL, mcpURL)
 	return env
-}
-
-// logBuffer keeps the first limit bytes written to it and drains the rest.
-type logBuffer struct {
-	mu        sync.Mutex
-	limit     int
-	buf       bytes.Buffer
-	truncated bool
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if room := b.limit - b.buf.Len(); len(p) > room {
-		b.truncated = true
-		b.buf.Write(p[:room])
-	} else {
-		b.buf.Write(p)
-	}
-	return len(p), nil
-}
-
-func (b *logBuffer) String() string {
-	out, _ := b.snapshot()
-	return string(out)
-}
-
-func (b *logBuffer) snapshot() ([]byte, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes()), b.truncated
 }
