@@ -68,7 +68,13 @@ func CommandImage(bin string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	return linuxImage([]v1.Layer{layer}, "/"+name, nil)
+}
+
+// linuxImage returns an image of layers for this machine's architecture
+// with the given entrypoint and environment.
+func linuxImage(layers []v1.Layer, entrypoint string, env []string) (v1.Image, error) {
+	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +84,8 @@ func CommandImage(bin string) (v1.Image, error) {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Entrypoint = []string{"/" + name}
+	cf.Config.Entrypoint = []string{entrypoint}
+	cf.Config.Env = env
 	return mutate.ConfigFile(img, cf)
 }
 
@@ -146,19 +153,7 @@ func Image(p sandboxtest.Program, layers ...v1.Layer) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Entrypoint = []string{"/agent"}
-	cf.Config.Env = []string{"PATH=/", sandboxtest.ProgramEnv + "=" + string(prog)}
-	return mutate.ConfigFile(img, cf)
+	return linuxImage(layers, "/agent", []string{"PATH=/", sandboxtest.ProgramEnv + "=" + string(prog)})
 }
 
 // WriteArchive writes img as a `docker save` archive at path, tagged tag.
