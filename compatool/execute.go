@@ -113,7 +113,8 @@ func (h *Harness) execute(ctx context.Context, run storage.Run) (o outcome) {
 	o.started = h.opts.Now()
 	defer func() {
 		if p := recover(); p != nil {
-			h.log.Error("panic while executing a run", "run", run.ID, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			// A panic value may quote the goal or a secret: logs get it redacted.
+			h.log.Error("panic while executing a run", "run", run.ID, "panic", h.opts.Redactor.String(fmt.Sprint(p), o.sensitive), "stack", string(debug.Stack()))
 			o.fail(storage.FailureInfrastructure, "the host failed while executing the run (panic: %v)", p)
 		}
 		o.ended = h.opts.Now()
